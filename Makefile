@@ -1,0 +1,27 @@
+# The two commands a new user types:
+#   make run    set up, then run the main job on its built-in default
+#   make test   set up, then run the whole test suite (what CI runs)
+PY := .venv/bin/python
+
+.PHONY: setup setup-torch run test verify bench clean
+
+setup:
+	@scripts/bootstrap.sh main
+
+setup-torch:
+	@scripts/bootstrap.sh torch
+
+run: setup
+	$(PY) verify.py
+
+test: setup
+	$(PY) -m pytest -q tests
+
+verify: setup
+	$(PY) verify.py
+
+bench: setup
+	$(PY) tools/bench.py
+
+clean:
+	rm -rf .venv .torchvenv tests/.fixtures .pytest_cache

@@ -1,0 +1,110 @@
+"""Unpickling untrusted files without running code from them.
+
+A pickle names globals (``module.name``) that the loader imports and may call. ``SafeUnpickler``
+resolves only globals on an explicit allow-list. Anything else is either refused with an error
+that names it, or — where the caller opts in — replaced by an inert ``Placeholder`` that records
+what the file asked for and is never called. Globals that could act on the system (``os.system``,
+``builtins.eval``, ``subprocess.Popen``, ``torch.hub.load`` ...) are always refused.
+"""
+import collections
+import io
+import pickle
+
+# Modules whose globals a checkpoint never legitimately needs and that can act on the system.
+DENIED_MODULES = {
+    "os", "posix", "nt", "sys", "subprocess", "shutil", "socket", "importlib", "runpy",
+    "pickle", "_pickle", "marshal", "ctypes", "code", "codeop", "pty", "pdb", "webbrowser",
+    "multiprocessing", "signal", "threading", "asyncio", "tempfile", "pathlib", "io", "_io",
+    "builtins", "__builtin__", "functools", "operator", "types", "inspect", "gc", "platform",
+    "urllib", "http", "ftplib", "smtplib", "telnetlib", "requests", "yaml", "dill", "numpy.f2py",
+    "numpy.testing", "numpy.distutils", "setuptools", "distutils", "pip", "site", "sysconfig",
+    "timeit", "trace", "cProfile", "profile", "zipimport", "glob", "fileinput", "commands",
+}
+
+# numpy arrays, dtypes and scalars as numpy < 2 and >= 2 pickle them.
+NUMPY_GLOBALS = {
+    (mod + ".multiarray", name)
+    for mod in ("numpy.core", "numpy._core")
+    for name in ("_reconstruct", "scalar")
+} | {
+    (mod + ".numeric", "_frombuffer") for mod in ("numpy.core", "numpy._core")
+} | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+CONTAINER_GLOBALS = {("collections", "OrderedDict")}
+
+
+class UnsafePickleError(Exception):
+    """The file asked for a global that is not allowed; the message names it."""
+
+
+class Placeholder:
+    """Stands in for an object of a class that is not allowed. Stores, never executes."""
+
+    def __init__(self, *args):
+        self.args = args
+        self.state = None
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __repr__(self):
+        return "<placeholder for %s>" % self.qualname
+
+
+def _placeholder_class(module, name):
+    # One inert subclass per foreign global, so the placeholder reports what it replaces.
+    return type("Placeholder_" + name, (Placeholder,), {"qualname": "%s.%s" % (module, name)})
+
+
+def _root(module):
+    return module.split(".")[0]
+
+
+def is_denied(module, name):
+    return (module in DENIED_MODULES or _root(module) in DENIED_MODULES
+            or any(module.startswith(d + ".") for d in DENIED_MODULES if "." in d)
+            or name in {"eval", "exec", "compile", "__import__", "getattr", "setattr", "open",
+                        "system", "popen", "apply", "execfile", "input", "globals", "locals",
+                        "vars", "breakpoint", "delattr", "__reduce__", "__reduce_ex__"})
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Unpickler with an allow-list of globals.
+
+    allowed:      {(module, name): object} — what each allowed global resolves to. Pass ``None``
+                  as the object to import the real global (only for known-safe names).
+    placeholders: when true, globals that are neither allowed nor denied become inert
+                  ``Placeholder`` classes and are listed in ``self.placeholders``; when false
+                  they are refused.
+    refuse:       an extra predicate ``(module, name) -> bool`` for globals to refuse outright.
+    """
+
+    def __init__(self, file, allowed, placeholders=False, refuse=None):
+        super().__init__(file)
+        self._allowed = dict(allowed)
+        self._use_placeholders = placeholders
+        self._refuse = refuse
+        self.placeholders = collections.Counter()
+
+    def find_class(self, module, name):
+        key = (module, name)
+        if key in self._allowed:
+            target = self._allowed[key]
+            return super().find_class(module, name) if target is None else target
+        if is_denied(module, name) or (self._refuse is not None and self._refuse(module, name)):
+            raise UnsafePickleError(
+                "refusing to load: the file asks for %s.%s, which could run code" % key)
+        if self._use_placeholders:
+            self.placeholders["%s.%s" % key] += 1
+            return _placeholder_class(module, name)
+        raise UnsafePickleError("refusing to load: the file asks for %s.%s, which is not "
+                                "allowed in a checkpoint" % key)
+
+
+def safe_load(file, allowed=(), placeholders=False):
+    """Load a pickle of plain containers and numpy arrays (plus the extra ``allowed`` globals,
+    given as (module, name) pairs that resolve to the real objects)."""
+    table = {key: None for key in NUMPY_GLOBALS | CONTAINER_GLOBALS | set(allowed)}
+    if isinstance(file, (bytes, bytearray)):
+        file = io.BytesIO(file)
+    return SafeUnpickler(file, table, placeholders=placeholders).load()

@@ -1,0 +1,40 @@
+"""One registry of named architectures.
+
+Each entry maps a name to a builder ``builder(deploy=False, num_classes=1000, **kwargs)``.
+Families register their variants from data tables (see repvgg.py), so ``list_models()`` is the
+single place a user or a tool discovers what can be built.
+"""
+import difflib
+
+_BUILDERS = {}
+
+
+class UnknownModelError(KeyError):
+    """Raised for a name that is not registered; the message lists the known names."""
+
+    def __str__(self):  # KeyError would quote the message
+        return self.args[0]
+
+
+def register_model(name, builder):
+    if name in _BUILDERS:
+        raise ValueError("model %r is registered twice" % name)
+    _BUILDERS[name] = builder
+    return builder
+
+
+def list_models():
+    return sorted(_BUILDERS)
+
+
+def get_model(name, deploy=False, num_classes=1000, **kwargs):
+    """Build the registered architecture ``name`` in train form, or in deploy form if asked."""
+    try:
+        builder = _BUILDERS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _BUILDERS, n=3)
+        hint = " (did you mean %s?)" % ", ".join(close) if close else ""
+        raise UnknownModelError(
+            "unknown architecture %r%s; known: %s" % (name, hint, ", ".join(list_models()))
+        ) from None
+    return builder(deploy=deploy, num_classes=num_classes, **kwargs)

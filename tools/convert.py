@@ -1,0 +1,49 @@
+"""Convert a train-form RepVGG checkpoint to deploy form (every block fused into one 3x3 conv).
+
+    python tools/convert.py --arch RepVGG-A0 --load train.pkl --save deploy.pkl
+
+The input is a MegEngine checkpoint from train.py, from the PyTorch importer, or a bare state
+dict (then --arch is required). A checkpoint that does not fit the architecture is reported
+with its missing, unexpected and mis-shaped keys, and nothing is written.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common import cli  # noqa: E402
+from common.checkpoint import (load_checkpoint, model_checkpoint,  # noqa: E402
+                               model_from_checkpoint, save_checkpoint)
+from common.device import use_device  # noqa: E402
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--arch", help="architecture name (default: the one the checkpoint records)")
+    p.add_argument("--load", required=True, metavar="CKPT", help="train-form checkpoint to read")
+    p.add_argument("--save", required=True, metavar="CKPT", help="deploy-form checkpoint to write")
+    p.add_argument("--device", default="cpu", help="device for the conversion")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    use_device(args.device)
+    from model import convert_to_deploy
+
+    if os.path.abspath(args.load) == os.path.abspath(args.save):
+        raise cli.UserError("--save would overwrite --load; choose another output path")
+    model, info = model_from_checkpoint(load_checkpoint(args.load), args.arch, args.load)
+    if info["form"] == "deploy":
+        print("%s is already in deploy form; writing it unchanged" % args.load)
+    model = convert_to_deploy(model, inplace=True)
+    save_checkpoint(model_checkpoint(model, info["arch"], "deploy"), args.save)
+    print("converted %s (%s, %d classes): %s -> %s"
+          % (info["arch"], info["form"], info["num_classes"], args.load, args.save))
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

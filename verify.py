@@ -1,0 +1,106 @@
+"""verify.py — check that deploy form equals train form (eval mode) for blocks and models.
+
+Every BatchNorm gets random statistics first (an untrained BN is the identity and hides fusion
+bugs). For each case it prints the max absolute difference, the max difference relative to the
+output's magnitude and the top-1 agreement; the exit status is 1 if any case exceeds the
+tolerance.
+
+    python verify.py                      # blocks + every named model at 224x224
+    python verify.py --arch RepVGG-A0 --arch RepVGG-B1g2 --size 64
+"""
+import argparse
+import itertools
+import sys
+import time
+
+import numpy as np
+
+from common import cli
+from common.device import use_device
+from common.parity import (DEFAULT_TOLERANCE, check_parity, format_row, randomize_batchnorm,
+                           sample_inputs)
+
+
+def block_cases():
+    """(name, kwargs) for RepVGGBlock: SE off/on, groups 1/2/4, stride 1/2, in==out and in!=out;
+    plus RepVGGplus's post-SE block."""
+    for use_se, groups, stride, (cin, cout) in itertools.product(
+            (False, True), (1, 2, 4), (1, 2), ((16, 16), (8, 16))):
+        name = "block c%d->%d s%d g%d%s" % (cin, cout, stride, groups, " se" if use_se else "")
+        yield name, dict(in_channels=cin, out_channels=cout, stride=stride, groups=groups,
+                         use_se=use_se)
+    for stride in (1, 2):
+        yield ("block c16->16 s%d g1 post-se" % stride,
+               dict(in_channels=16, out_channels=16, stride=stride, use_se=True,
+                    se_after_relu=True, se_reduction=4))
+
+
+def verify_blocks(rng, tolerance, size=14, batch=4):
+    from model import RepVGGBlock
+    for name, kwargs in block_cases():
+        x = sample_inputs(rng, (batch, kwargs["in_channels"], size, size))
+        block = randomize_batchnorm(RepVGGBlock(**kwargs), rng, x)
+        yield check_parity(name, block, x, tolerance)[0]
+
+
+def verify_models(names, rng, tolerance, size, batch):
+    from model import get_model
+    for name in names:
+        x = sample_inputs(rng, (batch, 3, size, size))
+        net = randomize_batchnorm(get_model(name), rng, x)
+        yield check_parity(name, net, x, tolerance)[0]
+
+
+def parse_args(argv):
+    from model import list_models
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--arch", action="append", metavar="NAME",
+                   help="model to check (repeatable; default: every registered RepVGG model). "
+                        "Known: " + ", ".join(list_models()))
+    p.add_argument("--size", type=int, default=224, help="input resolution for whole models")
+    p.add_argument("--batch", type=int, default=2, help="batch size for whole models")
+    p.add_argument("--tol", type=float, default=DEFAULT_TOLERANCE,
+                   help="max allowed |train - deploy| relative to max |train output|")
+    p.add_argument("--seed", type=int, default=0, help="seed for inputs and BN statistics")
+    p.add_argument("--no-blocks", action="store_true", help="skip the single-block cases")
+    p.add_argument("--no-models", action="store_true", help="skip the whole-model cases")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cpuN (N threads), gpu, or a MegEngine device string")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    use_device(args.device)
+    from model import get_model, list_models
+    names = args.arch or [n for n in list_models() if n.startswith("RepVGG")]
+    for name in names:
+        get_model  # validate names before any long work
+        if name not in list_models():
+            get_model(name)  # raises UnknownModelError with the list of known names
+    if args.size < 32:
+        raise cli.UserError("--size must be at least 32 (five stride-2 stages)")
+    rng = np.random.default_rng(args.seed)
+    print("tolerance: max |train - deploy| <= %.1e x max |train|" % args.tol)
+    cases = []
+    if not args.no_blocks:
+        cases.append(verify_blocks(rng, args.tol))
+    if not args.no_models:
+        cases.append(verify_models(names, rng, args.tol, args.size, args.batch))
+    failed, total, start = [], 0, time.time()
+    for result in itertools.chain(*cases):
+        print(format_row(result), flush=True)
+        total += 1
+        if not result.ok:
+            failed.append(result.name)
+    print("%d/%d cases within tolerance (%.1f s)" % (total - len(failed), total,
+                                                     time.time() - start))
+    if failed:
+        print("FAILED: " + ", ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)
