@@ -61,7 +61,7 @@ case "${1:-main}" in
         # torch 2.13.0's CPU wheel lies on this machine's local index; never ask for another version
         # (that pulls a multi-GB CUDA build).
         CHECK='import torch; assert torch.__version__.startswith("2.13.0")'
-        make_venv .torchvenv 3.11 "${PYTHON311:-}" "torch==2.13.0" "torch==2.13.0"
+        make_venv .torchvenv 3.11 "${PYTHON311:-}" "torch==2.13.0 numpy" "torch==2.13.0" numpy
         ;;
     *)
         echo "usage: scripts/bootstrap.sh [main|torch]" >&2; exit 2 ;;
