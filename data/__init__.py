@@ -1,0 +1,1 @@
+"""Data sets and input pipelines. Model code never imports this package."""
