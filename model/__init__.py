@@ -5,6 +5,7 @@ from .registry import UnknownModelError, get_model, list_models, register_model
 from .reparam import convert_to_deploy, is_deploy
 from .repvgg import REPVGG_VARIANTS, RepVGG, RepVGGBlock, custom_l2
 from .repvggplus import REPVGGPLUS_VARIANTS, RepVGGplus, RepVGGplusBlock
+from . import binary  # noqa: E402,F401  (registers BinaryResNet18-awnas / -bmxnet)
 
 # The official name for the whole-model conversion.
 repvgg_model_convert = convert_to_deploy
