@@ -36,7 +36,7 @@ def test_every_aw_nas_name_is_registered():
 def test_shapes(name, stride, mult, rng):
     C = 4
     m = build_primitive(name, C, mult * C, stride)
-    for h, w in [(8, 8), (7, 5)]:
+    for h, w in [(8, 8), (7, 5), (1, 1)]:
         y = m(mge.tensor(rng.standard_normal((2, C, h, w)).astype(np.float32)))
         assert y.shape == (2, mult * C, -(-h // stride), -(-w // stride))
         assert np.isfinite(y.numpy()).all()
@@ -159,11 +159,13 @@ def test_factorized_reduce_against_numpy(h, w, pad_value, rng):
     y = block(mge.tensor(x)).numpy() * np.sqrt(1 + 1e-5)
     xb = np_sign(x)
     w0, w1 = (np_binarize_weight(c.weight.numpy(), "xnor_tensor") for c in block.convs)
-    y0 = np_conv2d(xb, w0, 2, 1, pad_value=pad_value)
-    shifted = np.pad(xb[:, :, 1:, 1:], ((0, 0), (0, 0), (1, 1 + h % 2), (1, 1 + w % 2)),
-                     constant_values=pad_value)
-    y1 = np_conv2d(shifted, w1, 2, 0)
-    assert y.shape == (2, 4, -(-h // 2), -(-w // 2))
+    # the two halves are a stride-1 conv (one extra padded row/column at the bottom/right)
+    # sampled at even and at odd positions
+    padded = np.pad(xb, ((0, 0), (0, 0), (1, 2), (1, 2)), constant_values=pad_value)
+    oh, ow = -(-h // 2), -(-w // 2)
+    y0 = np_conv2d(padded, w0)[:, :, 0::2, 0::2][:, :, :oh, :ow]
+    y1 = np_conv2d(padded, w1)[:, :, 1::2, 1::2][:, :, :oh, :ow]
+    assert y.shape == (2, 4, oh, ow) and y1.shape == (2, 2, oh, ow)
     np.testing.assert_allclose(y, np.concatenate([y0, y1], 1), rtol=1e-4, atol=1e-4)
 
 

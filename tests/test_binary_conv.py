@@ -64,14 +64,23 @@ def test_pad_value_reaches_the_border(rng):
     assert zero(mge.tensor(np.ones((1, 1, 4, 4), np.float32))).numpy()[0, 0, 0, 0] == 4
 
 
-def test_extra_pad_adds_bottom_right_rows(rng):
+@pytest.mark.parametrize("size", [6, 5, 1])
+def test_shift_offsets_the_grid_by_one_pixel(size, rng):
     conv = BinaryConv2d(2, 3, 3, stride=2, padding=1, config=BinaryConvConfig(pad_value=-1))
-    x = rng.standard_normal((1, 2, 6, 6)).astype(np.float32)
-    y = conv(mge.tensor(x), extra_pad=(1, 1)).numpy()
+    x = rng.standard_normal((1, 2, size, size)).astype(np.float32)
+    p = mge.Parameter(x)
+    gm = GradManager().attach([p])
+    with gm:  # backward must work on a 1x1 input too (the shifted view is all padding there)
+        y = conv(p, shift=True)
+        gm.backward(y.sum())
+    # a stride-1 conv over the input padded (1, 2), sampled at the odd positions
     xp = np.pad(np_sign(x), ((0, 0), (0, 0), (1, 2), (1, 2)), constant_values=-1)
-    expected = np_conv2d(xp, np_binarize_weight(conv.weight.numpy(), "xnor_channel"), 2)
-    assert y.shape == (1, 3, 4, 4)
-    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    out = -(-size // 2)
+    full = np_conv2d(xp, np_binarize_weight(conv.weight.numpy(), "xnor_channel"))
+    expected = full[:, :, 1::2, 1::2][:, :, :out, :out]
+    assert y.shape == (1, 3, out, out) == expected.shape
+    np.testing.assert_allclose(y.numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert np.isfinite(p.grad.numpy()).all()
 
 
 @pytest.mark.parametrize("weight_mode", WEIGHT_MODES)

@@ -25,9 +25,11 @@ Deliberate differences from aw_nas (``aw_nas/ops/bnn_ops.py``):
    is configurable (0 as aw_nas, -1 as BMXNet).
 8. Frozen configurations instead of shared mutable dicts: every primitive has the shortcut its
    name promises (aw_nas: most had none), ``cond_skip_v0`` has it at stride 1 only.
-9. The factorized stride-2 convs use the block's own configuration (aw_nas: the defaults); the
-   shifted half handles odd sizes by padding at the bottom/right with the pad value (aw_nas
-   padded zeros at the top/left of the float input, which shifts the other half's grid).
+9. The factorized stride-2 convs use the block's own configuration (aw_nas: the defaults).
+   The second half is the same conv on the grid shifted by one pixel: its windows see the
+   real first row/column (aw_nas sliced ``x[:, :, 1:, 1:]`` and padded again, replacing it by
+   padding) and, on odd sizes, one extra row/column of padding at the bottom/right (aw_nas
+   padded zeros at the top/left of the float input, which moved the *first* half's grid).
 10. ``SkipConnect`` at stride 1 with ``C_out = 2·C_in`` duplicates channels (aw_nas returned
     the input unchanged: wrong shape); every stride-2 path is ceil mode, so all primitives
     agree on the output size for odd inputs.

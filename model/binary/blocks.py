@@ -104,9 +104,7 @@ class BinaryConvBNReLU(M.Module):
         if pre_bn:
             x = self.bn(x)
         if self.factorized:
-            odd = (x.shape[2] % 2, x.shape[3] % 2)
-            y = F.concat([self.convs[0](x), self.convs[1](x[:, :, 1:, 1:], extra_pad=odd)],
-                         axis=1)
+            y = F.concat([self.convs[0](x), self.convs[1](x, shift=True)], axis=1)
         else:
             y = self.convs[0](x)
         if self.shortcut is not None:

@@ -59,17 +59,21 @@ class BinaryConv2d(M.Module):
         self.bias = Parameter(np.zeros((1, out_channels, 1, 1), np.float32)) \
             if config.bias else None
 
-    def forward(self, x, extra_pad=(0, 0)):
-        """``extra_pad``: rows and columns added at the bottom and right (with the pad value)
-        on top of the symmetric padding; the factorized reduction uses it on odd sizes."""
+    def forward(self, x, shift=False):
+        """``shift=True`` samples the grid offset by one pixel down and right (the second half
+        of a factorized stride-2 reduction); on an odd size, its last window reaches one row
+        (column) further into the padding, so both halves give ``ceil(H/2)`` rows."""
         cfg = self.config
         xb = binarize_activation(x, cfg)
         wb = binarize_weight(self.weight, cfg)
-        (ph, pw), (eh, ew) = self.padding, extra_pad
         padding = self.padding
-        if cfg.pad_value != 0 or eh or ew:
+        if cfg.pad_value != 0 or shift:
+            (ph, pw) = self.padding
+            eh, ew = (x.shape[2] % 2, x.shape[3] % 2) if shift else (0, 0)
             xb = F.nn.pad(xb, ((0, 0), (0, 0), (ph, ph + eh), (pw, pw + ew)),
                           constant_value=cfg.pad_value)
+            if shift:  # pad first, then drop the first row/column: never an empty tensor
+                xb = xb[:, :, 1:, 1:]
             padding = 0
         return F.conv2d(xb, wb, self.bias, self.stride, padding, self.dilation, self.groups)
 
