@@ -207,3 +207,11 @@ def test_skip_connect_primitives():
     conv = build_primitive("xnor_conv_3x3_skip_connect", 4, 8, 2)
     assert isinstance(conv, BinaryConvBNReLU) and conv.shortcut is None
     assert len(modules_of(conv, BinaryConv2d)) == 2  # factorized reduction
+
+
+def test_readme_primitive_table_is_current():
+    import os
+    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "README.md")
+    with open(readme, encoding="utf-8") as f:
+        assert primitives.primitive_table() in f.read()
