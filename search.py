@@ -26,8 +26,8 @@ def _formatter(prog):
     return argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=32, width=100)
 
 
-def add_space_args(p):
-    p.add_argument("--space", default="digits",
+def add_space_args(p, default="digits"):
+    p.add_argument("--space", default=default,
                    help="search-space preset: digits, fbnet22, binary_resnet18, tas_digits")
     p.add_argument("--candidates", default=None,
                    help="comma-separated candidate ops replacing the preset's (groups: fbnet9, "
@@ -39,7 +39,7 @@ def add_device_arg(p):
                    help="auto (all CPU cores or GPU), cpu (one thread), cpuN, gpu")
 
 
-def parse_args(argv):
+def build_parser():
     p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=_formatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -65,10 +65,12 @@ def parse_args(argv):
                                    "architecture validated on the validation split every epoch.")
     add_space_args(q)
     add_device_arg(q)
-    q.add_argument("--lut", required=True, help="latency table from 'search.py lut'")
+    q.add_argument("--lut", default=None,
+                   help="latency table from 'search.py lut' (needed unless --resume)")
     q.add_argument("--out", default="runs/search", help="run folder (checkpoints, log)")
     q.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its latest.pkl, exactly")
+                   help="continue the run in --out from its latest.pkl, exactly (its space, "
+                        "table and settings; only --epochs may extend it)")
     q.add_argument("--epochs", type=int, default=10, help="total epochs, warm-up included")
     q.add_argument("--warmup-epochs", type=int, default=2, help="first epochs train weights only")
     q.add_argument("--batch-size", type=int, default=64, help="batch size of both phases")
@@ -136,10 +138,14 @@ def parse_args(argv):
                                    "attention over width ratios 0.3..1.0, select-two Gumbel "
                                    "sampling, channel-wise interpolation, FLOP loss; the argmax "
                                    "widths are written as an arch.json of conv_k3 layers.")
-    add_space_args(q)
+    add_space_args(q, default="tas_digits")
     add_device_arg(q)
     add_tas_args(q)
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv):
+    return build_parser().parse_args(argv)
 
 
 def setup_logging(out_dir=None):
@@ -195,7 +201,6 @@ def cmd_train(args):
     from search.trainer import SearchConfig, Searcher, resume
 
     latest = os.path.join(args.out, "latest.pkl")
-    setup_logging(args.out)
     if args.resume:
         from search.trainer import load_run
         from search.space import from_dict
@@ -203,11 +208,14 @@ def cmd_train(args):
         space = from_dict(load_run(latest)["space"])
         train, val = load_digits_for(space)
         searcher = resume(latest, train, val, args.out, epochs=args.epochs)
+        setup_logging(args.out)
         log.info("resumed %s at epoch %d (tau %.4f)", latest, searcher.epoch, searcher.tau)
     else:
         if os.path.exists(latest):
             raise UserError("%s already holds a run; pass --resume to continue it or choose "
                             "another --out" % args.out)
+        if not args.lut:
+            raise UserError("--lut is required for a new search (make one with 'search.py lut')")
         space = space_from_args(args)
         lut = load_table(args.lut, space)
         config = SearchConfig(
@@ -218,6 +226,7 @@ def cmd_train(args):
             noise=args.noise, mode=args.mode, seed=args.seed, max_steps=args.max_steps)
         train, val = load_digits_for(space)
         searcher = Searcher(space, lut, train, val, config, args.out)
+        setup_logging(args.out)
         log.info("search space %s (hash %s): %d layers x %d candidates; %d images for weights, "
                  "%d for theta, %d for validation", space.name, space.hash, len(space.layers),
                  len(space.candidates), len(searcher.w_idx), len(searcher.t_idx), len(val.labels))
@@ -267,10 +276,12 @@ def cmd_show(args):
 
 
 def cmd_tas(args):
-    from search.tas import run_tas
+    from search.tas import check_tas_args, run_tas
 
+    space = space_from_args(args)
+    check_tas_args(args, space)
     setup_logging(args.out)
-    run_tas(args, space_from_args(args), load_digits_for)
+    run_tas(args, space, load_digits_for)
     return 0
 
 

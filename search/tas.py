@@ -255,13 +255,19 @@ def add_tas_args(p):
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def run_tas(args, space, load_data):
-    """The ``search.py tas`` command: search, then write OUT/arch.json and OUT/latest.pkl."""
+def check_tas_args(args, space):
     if any(c != "conv_k3" for c in space.candidates):
         raise UserError("TAS searches widths of conv_k3 layers; space %s has candidates %s "
                         "(use --space tas_digits)" % (space.name, ",".join(space.candidates)))
     if not 0 < args.flop_ratio <= 1:
         raise UserError("--flop-ratio must be in (0, 1], got %g" % args.flop_ratio)
+    if args.epochs < 1 or args.batch_size < 1:
+        raise UserError("need --epochs >= 1 and --batch-size >= 1")
+
+
+def run_tas(args, space, load_data):
+    """The ``search.py tas`` command: search, then write OUT/arch.json and OUT/latest.pkl."""
+    check_tas_args(args, space)
     cfg = TASConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TASConfig)})
     train, val = load_data(space)
     searcher = TASSearch(space, train, val, cfg)
