@@ -32,6 +32,9 @@ def add_space_args(p, default="digits"):
     p.add_argument("--candidates", default=None,
                    help="comma-separated candidate ops replacing the preset's (groups: fbnet9, "
                         "binary); e.g. ir_k3_e1,ir_k3_s2,skip,repvgg")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input size replacing the preset's (digits 16, fbnet22 224, "
+                        "binary_resnet18 32, tas_digits 16)")
 
 
 def add_device_arg(p):
@@ -71,7 +74,10 @@ def build_parser():
     q.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest.pkl, exactly (its space, "
                         "table and settings; only --epochs may extend it)")
-    q.add_argument("--epochs", type=int, default=10, help="total epochs, warm-up included")
+    q.add_argument("--epochs", type=int, default=None,
+                   help="total epochs, warm-up included (10 for a new search; a resumed run "
+                        "keeps its own unless given, and a new total reshapes the cosine LR "
+                        "from the resumed epoch on)")
     q.add_argument("--warmup-epochs", type=int, default=2, help="first epochs train weights only")
     q.add_argument("--batch-size", type=int, default=64, help="batch size of both phases")
     q.add_argument("--w-fraction", type=float, default=0.8,
@@ -159,7 +165,7 @@ def setup_logging(out_dir=None):
 def space_from_args(args):
     from search.space import get_space
 
-    return get_space(args.space, args.candidates)
+    return get_space(args.space, args.candidates, args.image_size)
 
 
 def cmd_lut(args):
@@ -219,7 +225,7 @@ def cmd_train(args):
         space = space_from_args(args)
         lut = load_table(args.lut, space)
         config = SearchConfig(
-            epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
+            epochs=args.epochs or 10, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
             w_fraction=args.w_fraction, w_lr=args.w_lr, w_momentum=args.w_momentum,
             w_wd=args.w_wd, theta_lr=args.theta_lr, theta_wd=args.theta_wd, alpha=args.alpha,
             beta=args.beta, loss_form=args.loss_form, tau0=args.tau0, tau_decay=args.tau_decay,

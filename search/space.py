@@ -118,26 +118,29 @@ def _stages(*stages):
 
 
 PRESETS = {
-    "fbnet22": lambda: make_space(
-        "fbnet22", 224, 1000, (16, 2),
+    "fbnet22": lambda size=224: make_space(
+        "fbnet22", size, 1000, (16, 2),
         _stages((16, 1, 1), (24, 4, 2), (32, 4, 2), (64, 4, 2), (112, 4, 1), (184, 4, 2),
                 (352, 1, 1)), FBNET9, head=1504),
-    "digits": lambda: make_space(
-        "digits", 16, 10, (8, 1), [(8, 1), (16, 2), (16, 1), (24, 2), (24, 1)],
+    "digits": lambda size=16: make_space(
+        "digits", size, 10, (8, 1), [(8, 1), (16, 2), (16, 1), (24, 2), (24, 1)],
         FBNET9 + ("repvgg",), head=32),
-    "binary_resnet18": lambda: make_space(
-        "binary_resnet18", 32, 10, (64, 1),
+    "binary_resnet18": lambda size=32: make_space(
+        "binary_resnet18", size, 10, (64, 1),
         _stages((64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)), BINARY_CANDIDATES),
-    "tas_digits": lambda: make_space(
-        "tas_digits", 16, 10, (16, 1), [(16, 1), (32, 2), (32, 1), (64, 2)], ("conv_k3",)),
+    "tas_digits": lambda size=16: make_space(
+        "tas_digits", size, 10, (16, 1), [(16, 1), (32, 2), (32, 1), (64, 2)], ("conv_k3",)),
 }
 
 
-def get_space(name, candidates=None):
-    """A preset by name, optionally with another candidate list (which changes its hash)."""
+def get_space(name, candidates=None, image_size=None):
+    """A preset by name, optionally with other candidates or input size (a different hash)."""
     try:
-        space = PRESETS[name]()
+        preset = PRESETS[name]
     except KeyError:
         raise SpaceError("unknown search space %r; presets: %s"
                          % (name, ", ".join(sorted(PRESETS)))) from None
+    if image_size is not None and image_size < 4:
+        raise SpaceError("image size must be at least 4, got %d" % image_size)
+    space = preset() if image_size is None else preset(image_size)
     return space.with_candidates(candidates) if candidates else space
