@@ -71,12 +71,12 @@ def show(state_path, png, measure=False, arch_path=None):
     print("run %s: space %s (hash %s), epoch %d, tau %.4f, best val acc %s"
           % (state_path, space.name, space.hash, state["epoch"], state["tau"],
              "-" if state["best_acc"] is None else "%.4f" % state["best_acc"]))
-    print("%-5s %8s %8s %8s %12s %8s %7s" % ("epoch", "w_loss", "w_ce", "th_loss", "E[lat]",
-                                              "val_acc", "sec"))
+    print("%-5s %8s %8s %8s %12s %8s %10s %7s" % ("epoch", "w_loss", "w_ce", "th_loss",
+                                                   "E[lat]", "val_acc", "argmax_acc", "sec"))
     for r in state["history"]:
-        print("%-5d %8.4f %8.4f %8.4f %12.1f %8.4f %7.1f" % (
+        print("%-5d %8.4f %8.4f %8.4f %12.1f %8.4f %10.4f %7.1f" % (
             r["epoch"], r["w_loss"], r["w_ce"], r["theta_loss"], r["expected_latency"],
-            r["val_acc"], r["seconds"]))
+            r["val_acc"], r["val_acc_argmax"], r["seconds"]))
     print(format_theta(space, probs, lut))
     total = float((probs * lut.latency).sum()) + lut.fixed["stem"] + lut.fixed["head"]
     print("expected latency (softmax(theta), stem %.1f + layers + head %.1f): %.1f %s"

@@ -3,7 +3,11 @@
 One epoch (after ``warmup_epochs`` weight-only epochs): a pass of weight steps over the
 weights' split, then a pass of theta steps over theta's split (a disjoint part of the training
 data: ``split_indices``), then validation of the argmax architecture (deterministic, no noise)
-on the held-out validation split — never a test set — and a checkpoint. The temperature is
+on the held-out validation split — never a test set — and a checkpoint. Validation runs the
+supernet deterministically (no noise) with the mixture ``softmax(theta / tau)``, the function
+its weights are trained for; the argmax architecture alone is validated too and logged
+(``val_acc_argmax``), but with soft mixing its ops are trained as parts of a sum, so early in a
+search that number says little (with ``--mode hard_st`` or a low tau the two agree). The temperature is
 multiplied by ``tau_decay`` after every epoch that trained theta; the weights' learning rate
 follows a cosine over all epochs.
 
@@ -12,7 +16,7 @@ through its own ``GradManager`` (the weights' one is attached to the weights onl
 theta only), so neither step computes the other's gradients.
 
 A checkpoint (``latest.pkl`` every epoch, atomically; ``best.pkl`` when the validation accuracy
-of the argmax architecture improves on an epoch that trained theta) holds everything needed to
+improves on an epoch that trained theta) holds everything needed to
 continue exactly: supernet weights and theta, both optimizers' states, the epoch, the
 temperature, the numpy RNG state (batch order and Gumbel noise), the history, the search space,
 the latency table and the configuration.
@@ -150,12 +154,20 @@ class Searcher:
     def choices(self):
         return np.argmax(self.model.theta.numpy(), axis=1)
 
-    def validate(self, batch_size=256):
-        """Top-1 accuracy of the argmax architecture on the validation split (eval mode)."""
+    def validate(self, path="mixture", batch_size=256):
+        """Top-1 accuracy on the validation split (eval mode, no noise), of the supernet with
+        the deterministic mixture ``softmax(theta / tau)`` (``path="mixture"``), or of the argmax
+        architecture alone (``path="argmax"``)."""
         self.model.eval()
         choices, correct = self.choices(), 0
+        L, K = self.model.theta.shape
         for i in range(0, len(self.val_y), batch_size):
-            logits = self.model.forward_choice(mge.tensor(self.val_x[i:i + batch_size]), choices)
+            x = mge.tensor(self.val_x[i:i + batch_size])
+            if path == "argmax":
+                logits = self.model.forward_choice(x, choices)
+            else:
+                m = F.softmax(self.model.theta.detach() / self.tau, axis=-1)
+                logits, _ = self.model(x, F.broadcast_to(m[:, None, :], (L, x.shape[0], K)))
             correct += int((logits.numpy().argmax(1) == self.val_y[i:i + batch_size]).sum())
         self.model.train()
         return correct / len(self.val_y)
@@ -171,17 +183,18 @@ class Searcher:
                         "epoch %d weights" % e, progress)
         t = (self._phase(self.t_idx, self.gm_t, self.opt_t, self.model.theta,
                          "epoch %d theta" % e, progress) if trains_theta else [float("nan")] * 3)
-        acc = self.validate()
+        acc, acc_argmax = self.validate("mixture"), self.validate("argmax")
         row = {"epoch": e, "tau": self.tau, "lr": self.lr_at(e), "w_loss": w[0], "w_ce": w[1],
                "theta_loss": t[0], "theta_ce": t[1], "sampled_latency": w[2],
                "expected_latency": float(self.model.expected_latency_per_layer().sum()
                                          + self.model.fixed_latency),
-               "val_acc": acc, "arch": [self.space.candidates[k] for k in self.choices()],
+               "val_acc": acc, "val_acc_argmax": acc_argmax, "arch": [self.space.candidates[k] for k in self.choices()],
                "seconds": time.perf_counter() - start, "trained_theta": trains_theta}
         self.history.append(row)
         log.info("epoch %d: w loss %.4f ce %.4f | theta loss %.4f | E[lat] %.1f %s | val acc "
-                 "%.4f | tau %.3f | %.1f s", e, w[0], w[1], t[0], row["expected_latency"],
-                 self.lut.unit, acc, self.tau, row["seconds"])
+                 "%.4f (argmax path %.4f) | tau %.3f | %.1f s", e, w[0], w[1], t[0],
+                 row["expected_latency"], self.lut.unit, acc, acc_argmax, self.tau,
+                 row["seconds"])
         if trains_theta:
             self.tau *= cfg.tau_decay
         self.epoch += 1

@@ -95,7 +95,7 @@ def test_checkpoint_every_epoch_holds_the_whole_state(tmp_path):
 CFG_DECAY = SearchConfig().tau_decay
 
 
-def test_validation_uses_the_validation_split_and_argmax(monkeypatch):
+def test_argmax_validation_uses_the_validation_split_and_argmax(monkeypatch):
     space = tiny_space()
     train, val = tiny_data()
     s = Searcher(space, tiny_lut(space), train, val, SearchConfig(**CFG))
@@ -108,6 +108,6 @@ def test_validation_uses_the_validation_split_and_argmax(monkeypatch):
 
     monkeypatch.setattr(s.model, "forward_choice", spy)
     s.model.theta[...] = np.array([[0, 0, 1], [2, 0, 0]], np.float32)
-    s.validate()
+    s.validate("argmax")
     assert sum(n for n, _ in seen) == len(val.labels)
     assert all(c == [2, 0] for _, c in seen)
