@@ -2,7 +2,8 @@
 
 Measurement (``measure_table``): each candidate is built fresh for its layer, put in eval mode
 (RepVGG candidates first converted to their deploy form, the form that ships), run ``warmup``
-times untimed, then timed ``runs`` times; the entry is the median in microseconds. The stem and
+times untimed, then timed ``runs`` times; the entry is the median in microseconds. The timed runs
+of groups of 8 entries are interleaved (``time_modules``) so that load drifts spread evenly. The stem and
 the head (fixed, not searched) are timed the same way, so that a whole derived network's latency
 can be predicted as ``stem + sum(chosen entries) + head`` and checked against a measurement.
 
@@ -123,17 +124,28 @@ def load_table(path, space=None):
     return table.check(space, what=path) if space is not None else table
 
 
-def time_module(module, x, warmup, runs):
-    """Median seconds of ``module(x)`` (eval mode; ``.numpy()`` waits for the result)."""
-    module.eval()
-    for _ in range(warmup):
-        module(x).numpy()
-    times = []
+def time_modules(pairs, warmup, runs):
+    """Median seconds of ``module(x)`` for every ``(module, x)`` in ``pairs``.
+
+    Eval mode; ``.numpy()`` waits for the result. Each module is warmed up ``warmup`` times, then
+    the timed runs go round-robin over all modules (run r of every module, then run r + 1), so
+    that slow drifts of the machine's load hit every entry alike instead of a few entries.
+    """
+    for module, x in pairs:
+        module.eval()
+        for _ in range(warmup):
+            module(x).numpy()
+    times = [[] for _ in pairs]
     for _ in range(runs):
-        start = time.perf_counter()
-        module(x).numpy()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for t, (module, x) in zip(times, pairs):
+            start = time.perf_counter()
+            module(x).numpy()
+            t.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def time_module(module, x, warmup, runs):
+    return time_modules([(module, x)], warmup, runs)[0]
 
 
 def device_threads(device):
@@ -177,49 +189,55 @@ def measure_table(space, batch=1, warmup=10, runs=30, seed=0, progress=None):
         return mge.tensor(rng.standard_normal((batch, c, size, size)).astype(np.float32))
 
     shape = (len(space.layers), len(space.candidates))
-    latency, source, ops = np.zeros(shape), [[None] * shape[1] for _ in range(shape[0])], {}
-    cells = [(l, k) for l in range(shape[0]) for k in range(shape[1])]
-    for l, k in (progress(cells) if progress else cells):
-        layer, name = space.layers[l], space.candidates[k]
-        module = build_op(name, layer.C_in, layer.C_out, layer.stride)
-        if op_kind(name) == "binary":
-            counts = count_ops(module, (batch, layer.C_in, layer.input_size, layer.input_size))
-            latency[l, k], source[l][k] = counts["ops"] / 1e6, PROXY
-            continue
-        module = deployable(module)
-        x = rand(layer.C_in, layer.input_size)
-        latency[l, k] = time_module(module, x, warmup, runs) * 1e6
-        source[l][k] = MEASURED
-        ops[l, k] = count_ops(module, tuple(x.shape))["ops"]
-    first = out_size(space.image_size, space.stem_stride)
+    latency, source = np.zeros(shape), [[PROXY] * shape[1] for _ in range(shape[0])]
+    timed, ops = [], {}  # timed: ((l, k) or "stem"/"head", module, input)
+    for l in range(shape[0]):
+        layer = space.layers[l]
+        for k, name in enumerate(space.candidates):
+            module = build_op(name, layer.C_in, layer.C_out, layer.stride)
+            in_shape = (batch, layer.C_in, layer.input_size, layer.input_size)
+            if op_kind(name) == "binary":
+                latency[l, k] = count_ops(module, in_shape)["ops"] / 1e6
+                continue
+            module = deployable(module)
+            ops[l, k] = count_ops(module, in_shape)["ops"]
+            source[l][k] = MEASURED
+            timed.append(((l, k), module, rand(layer.C_in, layer.input_size)))
     last = space.layers[-1]
-    fixed = {"stem": time_module(stem_module(space), rand(3, space.image_size), warmup, runs) * 1e6,
-             "head": time_module(Head(space), rand(last.C_out, out_size(last.input_size,
-                                                                         last.stride)),
-                                 warmup, runs) * 1e6}
-    n_measured = sum(row.count(MEASURED) for row in source)
+    head_size = out_size(last.input_size, last.stride)
+    fixed_parts = [("stem", stem_module(space), (3, space.image_size)),
+                   ("head", Head(space), (last.C_out, head_size))]
+    fixed = {}
+    if timed:
+        timed += [(name, module, rand(*shp)) for name, module, shp in fixed_parts]
+        chunks = [timed[i:i + 8] for i in range(0, len(timed), 8)]
+        medians = []
+        for chunk in (progress(chunks) if progress else chunks):
+            medians += time_modules([(m, x) for _, m, x in chunk], warmup, runs)
+        for (key, _, _), sec in zip(timed, medians):
+            if isinstance(key, tuple):
+                latency[key] = sec * 1e6
+            else:
+                fixed[key] = sec * 1e6
+    else:  # binary candidates only: everything in the proxy's unit
+        for name, module, (c, size) in fixed_parts:
+            fixed[name] = count_ops(module, (batch, c, size, size))["ops"] / 1e6
+    n_measured = len(ops)
     us_per_op = None
     if n_measured and n_measured < latency.size:  # mixed table: proxy -> microseconds
-        us_per_op = statistics.median(latency[l, k] / ops[l, k] for (l, k) in ops)
-        for l, k in cells:
-            if source[l][k] == PROXY:
-                latency[l, k] *= 1e6 * us_per_op
-    unit = "us" if n_measured else "Mops"
-    if not n_measured:
-        fixed = {"stem": count_ops(stem_module(space), (batch, 3, space.image_size,
-                                                         space.image_size))["ops"] / 1e6,
-                 "head": count_ops(Head(space), (batch, last.C_out,
-                                                 out_size(last.input_size, last.stride),
-                                                 out_size(last.input_size, last.stride)))["ops"]
-                 / 1e6}
+        us_per_op = statistics.median(latency[key] / ops[key] for key in ops)
+        for l in range(shape[0]):
+            for k in range(shape[1]):
+                if source[l][k] == PROXY:
+                    latency[l, k] *= 1e6 * us_per_op
     meta = {
         "space": space.name, "space_hash": space.hash, "candidates": list(space.candidates),
         "input_sizes": [l.input_size for l in space.layers], "image_size": space.image_size,
-        "first_layer_size": first, "batch": batch, "device": device,
-        "threads": device_threads(device), "megengine": mge.__version__,
-        "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-        "warmup": warmup, "runs": runs, "statistic": "median", "mode": "eval",
-        "repvgg_form": "deploy", "unit": unit, "us_per_op": us_per_op,
+        "batch": batch, "device": device, "threads": device_threads(device),
+        "megengine": mge.__version__, "machine": platform.machine(),
+        "warmup": warmup, "runs": runs, "statistic": "median, runs interleaved in groups of 8",
+        "mode": "eval", "repvgg_form": "deploy", "unit": "us" if n_measured else "Mops",
+        "us_per_op": us_per_op,
         "binary_cost": "proxy FLOPs + BOPs/64 (common.opcount ops), per entry source 'proxy:ops'",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -9,7 +9,7 @@ import megengine as mge
 from model.derived import build_from_arch, load_arch_file
 
 from .derive import arch_from_choices, softmax
-from .latency import LatencyTable, time_module
+from .latency import LatencyTable, time_modules
 from .space import from_dict
 from .trainer import load_run
 
@@ -54,14 +54,14 @@ def plot(space, probs, lut, path):
     return path
 
 
-def measure_arch(arch, lut, warmup=None, runs=None, seed=0):
-    """Median latency (in microseconds) of the deploy-form network ``arch`` with the table's
-    batch and input size, measured like the table's entries."""
-    model = build_from_arch(arch, deploy=True)
+def measure_archs(archs, lut, warmup=None, runs=None, seed=0):
+    """Median latencies (microseconds) of the deploy-form networks ``archs`` with the table's
+    batch and input size, measured like the table's entries (runs interleaved)."""
     m = lut.meta
-    x = np.random.default_rng(seed).standard_normal(
-        (m["batch"], 3, m["image_size"], m["image_size"])).astype(np.float32)
-    return time_module(model, mge.tensor(x), warmup or m["warmup"], runs or m["runs"]) * 1e6
+    x = mge.tensor(np.random.default_rng(seed).standard_normal(
+        (m["batch"], 3, m["image_size"], m["image_size"])).astype(np.float32))
+    pairs = [(build_from_arch(arch, deploy=True), x) for arch in archs]
+    return [s * 1e6 for s in time_modules(pairs, warmup or m["warmup"], runs or m["runs"])]
 
 
 def show(state_path, png, measure=False, arch_path=None):
@@ -94,7 +94,7 @@ def show(state_path, png, measure=False, arch_path=None):
         if device != lut.meta["device"]:
             print("warning: measuring on %s, the table was measured on %s"
                   % (device, lut.meta["device"]))
-        measured = measure_arch(arch, lut)
+        measured = measure_archs([arch], lut)[0]
         print(format_measure(" ".join(l["op"] for l in arch["layers"]), predicted, measured))
 
 

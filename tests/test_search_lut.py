@@ -10,7 +10,7 @@ import megengine.module as M
 import search.latency as latency
 from model.repvgg import RepVGGBlock
 from search.gumbel import gumbel_softmax
-from search.latency import LatencyTable, load_table, measure_table, save_table, time_module
+from search.latency import load_table, measure_table, save_table, time_module, time_modules
 from search.space import SpaceError, get_space
 from search.supernet import Supernet
 from tests.helpers import one_line_error, run_tool
@@ -100,15 +100,32 @@ def test_timing_warms_up_and_runs_in_eval_mode():
     assert spy.calls == [False] * 8
 
 
+def test_timed_runs_are_interleaved():
+    order = []
+
+    class Named(Spy):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, x):
+            order.append(self.name)
+            return x
+
+    x = mge.tensor(np.zeros((1, 1), np.float32))
+    medians = time_modules([(Named("a"), x), (Named("b"), x)], warmup=2, runs=3)
+    assert order == ["a", "a", "b", "b"] + ["a", "b"] * 3 and len(medians) == 2
+
+
 def test_repvgg_candidates_are_timed_in_deploy_form(monkeypatch):
     timed = []
-    real = latency.time_module
+    real = latency.time_modules
 
-    def spy(module, x, warmup, runs):
-        timed.append(module)
-        return real(module, x, 0, 1)
+    def spy(pairs, warmup, runs):
+        timed.extend(m for m, _ in pairs)
+        return real(pairs, 0, 1)
 
-    monkeypatch.setattr(latency, "time_module", spy)
+    monkeypatch.setattr(latency, "time_modules", spy)
     measure_table(tiny_space(), warmup=0, runs=1)
     blocks = [m for m in timed if isinstance(m, RepVGGBlock)]
     assert len(blocks) == 2  # one per layer

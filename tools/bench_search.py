@@ -6,7 +6,8 @@ well the table predicts whole networks (measured / predicted latency).
 
 Prints Markdown tables. The networks checked are the argmax architecture after the search epoch,
 three uniform ones (every layer the same op) and ``--archs`` random ones; each is built in
-deploy form and timed like the table's entries (eval mode, warm-up, median of ``--runs``), then
+deploy form and timed like the table's entries (eval mode, warm-up, median of ``--runs``, runs
+of all networks interleaved), then
 compared with ``stem + sum(chosen entries) + head`` from the table.
 """
 import argparse
@@ -42,7 +43,7 @@ def main(argv=None):
     from data.digits import load_digits
     from search.derive import arch_from_choices
     from search.latency import measure_table
-    from search.show import measure_arch
+    from search.show import measure_archs
     from search.space import get_space
     from search.trainer import SearchConfig, Searcher
 
@@ -74,10 +75,10 @@ def main(argv=None):
     archs += [("random %d" % i, rng.integers(0, K, L)) for i in range(args.archs)]
     print("| network | predicted us | measured us | measured / predicted |")
     print("| --- | ---: | ---: | ---: |")
+    built = [arch_from_choices(space, choices, lut) for _, choices in archs]
     ratios = []
-    for label, choices in archs:
-        arch = arch_from_choices(space, choices, lut)
-        measured = measure_arch(arch, lut, args.warmup, args.runs)
+    for (label, _), arch, measured in zip(archs, built, measure_archs(built, lut, args.warmup,
+                                                                       args.runs)):
         predicted = arch["predicted_latency"]
         ratios.append(measured / predicted)
         print("| %s: %s | %.0f | %.0f | %.3f |" % (
