@@ -75,7 +75,8 @@ class Skip(M.Module):
 
     def __init__(self, C_in, C_out, stride):
         super().__init__()
-        self.proj = None if (C_in == C_out and stride == 1) else conv_bn_relu(C_in, C_out, 1, stride)
+        identity = C_in == C_out and stride == 1
+        self.proj = None if identity else conv_bn_relu(C_in, C_out, 1, stride)
 
     def forward(self, x):
         return x if self.proj is None else self.proj(x)

@@ -2,10 +2,11 @@
 
 Measurement (``measure_table``): each candidate is built fresh for its layer, put in eval mode
 (RepVGG candidates first converted to their deploy form, the form that ships), run ``warmup``
-times untimed, then timed ``runs`` times; the entry is the median in microseconds. The timed runs
-of groups of 8 entries are interleaved (``time_modules``) so that load drifts spread evenly. The stem and
-the head (fixed, not searched) are timed the same way, so that a whole derived network's latency
-can be predicted as ``stem + sum(chosen entries) + head`` and checked against a measurement.
+times untimed, then timed ``runs`` times; the entry is the median in microseconds. The timed
+runs of groups of 8 entries are interleaved (``time_modules``) so that load drifts spread evenly.
+The stem and the head (fixed, not searched) are timed the same way, so that a whole derived
+network's latency can be predicted as ``stem + sum(chosen entries) + head`` and checked against
+a measurement.
 
 Binary candidates: MegEngine runs them as float convolutions, so their wall-clock time on this
 CPU says nothing about a binary-inference target. Their entry is a cost proxy, ``FLOPs +

@@ -69,7 +69,8 @@ def select2(logits, tau, rng):
 
 
 def interp_matrix(c_in, c_out):
-    """(c_out, c_in): output channel o averages inputs floor(o c_in/c_out) .. ceil((o+1) c_in/c_out)."""
+    """(c_out, c_in) matrix: output channel o averages the inputs from floor(o c_in / c_out)
+    up to (excluding) ceil((o + 1) c_in / c_out)."""
     a = np.zeros((c_out, c_in), np.float32)
     for o in range(c_out):
         lo, hi = (o * c_in) // c_out, -((-(o + 1) * c_in) // c_out)

@@ -2,24 +2,25 @@
 
 One epoch (after ``warmup_epochs`` weight-only epochs): a pass of weight steps over the
 weights' split, then a pass of theta steps over theta's split (a disjoint part of the training
-data: ``split_indices``), then validation of the argmax architecture (deterministic, no noise)
-on the held-out validation split — never a test set — and a checkpoint. Validation runs the
-supernet deterministically (no noise) with the mixture ``softmax(theta / tau)``, the function
-its weights are trained for; the argmax architecture alone is validated too and logged
-(``val_acc_argmax``), but with soft mixing its ops are trained as parts of a sum, so early in a
-search that number says little (with ``--mode hard_st`` or a low tau the two agree). The temperature is
-multiplied by ``tau_decay`` after every epoch that trained theta; the weights' learning rate
-follows a cosine over all epochs.
+data: ``split_indices``), then validation on the held-out validation split — never a test set —
+and a checkpoint. The temperature is multiplied by ``tau_decay`` after every epoch that trained
+theta; the weights' learning rate follows a cosine over all epochs.
+
+Validation runs the supernet deterministically (no noise) with the mixture
+``softmax(theta / tau)``, the function its weights are trained for, and selects ``best.pkl`` by
+that accuracy. The argmax architecture alone is validated too and logged (``val_acc_argmax``),
+but with soft mixing its ops are trained as parts of a sum, so early in a search that number
+says little (with ``--mode hard_st`` or a low tau the two agree).
 
 Both steps minimise the FBNet loss ``alpha * CE * (log LAT)^beta`` (``search.loss``), each
 through its own ``GradManager`` (the weights' one is attached to the weights only, theta's to
 theta only), so neither step computes the other's gradients.
 
 A checkpoint (``latest.pkl`` every epoch, atomically; ``best.pkl`` when the validation accuracy
-improves on an epoch that trained theta) holds everything needed to
-continue exactly: supernet weights and theta, both optimizers' states, the epoch, the
-temperature, the numpy RNG state (batch order and Gumbel noise), the history, the search space,
-the latency table and the configuration.
+improves on an epoch that trained theta) holds everything needed to continue exactly: supernet
+weights and theta, both optimizers' states, the epoch, the temperature, the numpy RNG state
+(batch order and Gumbel noise), the history, the search space, the latency table and the
+configuration.
 """
 import dataclasses
 import logging
@@ -188,7 +189,8 @@ class Searcher:
                "theta_loss": t[0], "theta_ce": t[1], "sampled_latency": w[2],
                "expected_latency": float(self.model.expected_latency_per_layer().sum()
                                          + self.model.fixed_latency),
-               "val_acc": acc, "val_acc_argmax": acc_argmax, "arch": [self.space.candidates[k] for k in self.choices()],
+               "val_acc": acc, "val_acc_argmax": acc_argmax,
+               "arch": [self.space.candidates[k] for k in self.choices()],
                "seconds": time.perf_counter() - start, "trained_theta": trains_theta}
         self.history.append(row)
         log.info("epoch %d: w loss %.4f ce %.4f | theta loss %.4f | E[lat] %.1f %s | val acc "

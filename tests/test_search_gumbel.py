@@ -2,7 +2,6 @@
 import numpy as np
 
 import megengine as mge
-import megengine.functional as F
 from megengine.autodiff import GradManager
 
 from search.gumbel import gumbel_noise, gumbel_softmax, noise_for_batch

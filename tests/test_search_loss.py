@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 import megengine as mge
-import megengine.functional as F
 from megengine.autodiff import GradManager
 
 from search.gumbel import gumbel_softmax

@@ -111,3 +111,15 @@ def test_argmax_validation_uses_the_validation_split_and_argmax(monkeypatch):
     s.validate("argmax")
     assert sum(n for n, _ in seen) == len(val.labels)
     assert all(c == [2, 0] for _, c in seen)
+
+
+@pytest.mark.parametrize("mode,noise", [("hard_st", "per_sample"), ("soft", "per_batch")])
+def test_other_modes_train_theta(mode, noise):
+    space = tiny_space()
+    train, val = tiny_data()
+    s = Searcher(space, tiny_lut(space), train, val,
+                 SearchConfig(epochs=1, warmup_epochs=0, batch_size=8, max_steps=1, mode=mode,
+                              noise=noise))
+    s.train_epoch(progress=False)
+    assert not np.all(s.model.theta.numpy() == 0)
+    assert np.isfinite(s.history[-1]["theta_loss"])
