@@ -56,6 +56,9 @@ def build_parser():
     q.add_argument("--batch", type=int, default=1, help="batch size of the timed inputs")
     q.add_argument("--warmup", type=int, default=10, help="untimed runs per entry first")
     q.add_argument("--runs", type=int, default=30, help="timed runs per entry (median taken)")
+    q.add_argument("--inner", type=int, default=10,
+                   help="calls per timed run before one wait for the result (the run's time "
+                        "is divided by it)")
     q.add_argument("--out", default="runs/search/lut.json", help="where to write the table")
     q.add_argument("--verify", metavar="LUT", default=None,
                    help="instead of measuring, check that LUT fits --space/--candidates")
@@ -180,11 +183,12 @@ def cmd_lut(args):
               % (args.verify, space.name, space.hash, *table.latency.shape, table.unit,
                  table.meta["device"]))
         return 0
-    if args.batch < 1 or args.runs < 1 or args.warmup < 0:
-        raise UserError("need --batch >= 1, --runs >= 1, --warmup >= 0")
+    if args.batch < 1 or args.runs < 1 or args.warmup < 0 or args.inner < 1:
+        raise UserError("need --batch >= 1, --runs >= 1, --inner >= 1, --warmup >= 0")
     start = time.perf_counter()
-    table = measure_table(space, args.batch, args.warmup, args.runs, progress=None
-                          if args.no_progress else lambda it: tqdm(it, desc="latency table"))
+    table = measure_table(space, args.batch, args.warmup, args.runs, inner=args.inner,
+                          progress=None if args.no_progress
+                          else lambda it: tqdm(it, desc="latency table"))
     table.meta["build_seconds"] = time.perf_counter() - start
     save_table(table, args.out)
     print("wrote %s: %d layers x %d candidates (%s) in %.1f s"

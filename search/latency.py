@@ -2,8 +2,9 @@
 
 Measurement (``measure_table``): each candidate is built fresh for its layer, put in eval mode
 (RepVGG candidates first converted to their deploy form, the form that ships), run ``warmup``
-times untimed, then timed ``runs`` times; the entry is the median in microseconds. The timed
-runs of groups of 8 entries are interleaved (``time_modules``) so that load drifts spread evenly.
+times untimed, then timed ``runs`` times (each run ``inner`` calls and one wait for the result,
+divided by ``inner``); the entry is the median in microseconds. The timed runs of groups of 8
+entries are interleaved (``time_modules``) so that load drifts spread evenly.
 The stem and the head (fixed, not searched) are timed the same way, so that a whole derived
 network's latency can be predicted as ``stem + sum(chosen entries) + head`` and checked against
 a measurement.
@@ -125,12 +126,15 @@ def load_table(path, space=None):
     return table.check(space, what=path) if space is not None else table
 
 
-def time_modules(pairs, warmup, runs):
-    """Median seconds of ``module(x)`` for every ``(module, x)`` in ``pairs``.
+def time_modules(pairs, warmup, runs, inner=1):
+    """Median seconds per call of ``module(x)`` for every ``(module, x)`` in ``pairs``.
 
-    Eval mode; ``.numpy()`` waits for the result. Each module is warmed up ``warmup`` times, then
-    the timed runs go round-robin over all modules (run r of every module, then run r + 1), so
-    that slow drifts of the machine's load hit every entry alike instead of a few entries.
+    Eval mode. Each module is warmed up ``warmup`` times, then the timed runs go round-robin over
+    all modules (run r of every module, then run r + 1), so that slow drifts of the machine's load
+    hit every entry alike. One timed run is ``inner`` calls in a row followed by one wait for the
+    result (``.numpy()``), divided by ``inner``: MegEngine executes asynchronously, and waiting
+    after every call would add a synchronisation delay to every entry that a whole network pays
+    only once.
     """
     for module, x in pairs:
         module.eval()
@@ -140,13 +144,15 @@ def time_modules(pairs, warmup, runs):
     for _ in range(runs):
         for t, (module, x) in zip(times, pairs):
             start = time.perf_counter()
-            module(x).numpy()
-            t.append(time.perf_counter() - start)
+            for _ in range(inner):
+                y = module(x)
+            y.numpy()
+            t.append((time.perf_counter() - start) / inner)
     return [statistics.median(t) for t in times]
 
 
-def time_module(module, x, warmup, runs):
-    return time_modules([(module, x)], warmup, runs)[0]
+def time_module(module, x, warmup, runs, inner=1):
+    return time_modules([(module, x)], warmup, runs, inner)[0]
 
 
 def device_threads(device):
@@ -181,7 +187,7 @@ def deployable(module):
     return convert_to_deploy(module, inplace=True)
 
 
-def measure_table(space, batch=1, warmup=10, runs=30, seed=0, progress=None):
+def measure_table(space, batch=1, warmup=10, runs=30, seed=0, progress=None, inner=10):
     """Measure (or, for binary candidates, count) every entry of ``space``'s table."""
     rng = np.random.default_rng(seed)
     device = str(mge.get_default_device())
@@ -214,7 +220,7 @@ def measure_table(space, batch=1, warmup=10, runs=30, seed=0, progress=None):
         chunks = [timed[i:i + 8] for i in range(0, len(timed), 8)]
         medians = []
         for chunk in (progress(chunks) if progress else chunks):
-            medians += time_modules([(m, x) for _, m, x in chunk], warmup, runs)
+            medians += time_modules([(m, x) for _, m, x in chunk], warmup, runs, inner)
         for (key, _, _), sec in zip(timed, medians):
             if isinstance(key, tuple):
                 latency[key] = sec * 1e6
@@ -236,7 +242,9 @@ def measure_table(space, batch=1, warmup=10, runs=30, seed=0, progress=None):
         "input_sizes": [l.input_size for l in space.layers], "image_size": space.image_size,
         "batch": batch, "device": device, "threads": device_threads(device),
         "megengine": mge.__version__, "machine": platform.machine(),
-        "warmup": warmup, "runs": runs, "statistic": "median, runs interleaved in groups of 8",
+        "warmup": warmup, "runs": runs, "inner": inner,
+        "statistic": "median over runs of (inner calls, one sync) / inner; runs interleaved in "
+                     "groups of 8",
         "mode": "eval", "repvgg_form": "deploy", "unit": "us" if n_measured else "Mops",
         "us_per_op": us_per_op,
         "binary_cost": "proxy FLOPs + BOPs/64 (common.opcount ops), per entry source 'proxy:ops'",

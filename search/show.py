@@ -61,7 +61,8 @@ def measure_archs(archs, lut, warmup=None, runs=None, seed=0):
     x = mge.tensor(np.random.default_rng(seed).standard_normal(
         (m["batch"], 3, m["image_size"], m["image_size"])).astype(np.float32))
     pairs = [(build_from_arch(arch, deploy=True), x) for arch in archs]
-    return [s * 1e6 for s in time_modules(pairs, warmup or m["warmup"], runs or m["runs"])]
+    return [s * 1e6 for s in time_modules(pairs, warmup or m["warmup"], runs or m["runs"],
+                                          m.get("inner", 1))]
 
 
 def show(state_path, png, measure=False, arch_path=None):

@@ -19,7 +19,7 @@ from tests.search_fixtures import fixed_lut, tiny_space
 
 def test_round_trip_keeps_everything(tmp_path):
     space = tiny_space()
-    table = measure_table(space, warmup=1, runs=2)
+    table = measure_table(space, warmup=1, runs=2, inner=3)
     path = save_table(table, str(tmp_path / "lut.json"))
     back = load_table(path, space)
     assert back.latency.dtype == np.float64
@@ -29,7 +29,7 @@ def test_round_trip_keeps_everything(tmp_path):
     m = back.meta
     assert m["candidates"] == list(space.candidates) and m["space_hash"] == space.hash
     assert m["input_sizes"] == [8, 8] and m["batch"] == 1 and m["warmup"] == 1
-    assert m["runs"] == 2 and m["mode"] == "eval" and m["repvgg_form"] == "deploy"
+    assert m["runs"] == 2 and m["inner"] == 3 and m["mode"] == "eval" and m["repvgg_form"] == "deploy"
     assert m["device"] == str(mge.get_default_device()) and m["threads"] == 1
     assert m["megengine"] == mge.__version__ and m["unit"] == "us"
     assert all(s == "measured" for row in back.source for s in row)
@@ -113,15 +113,15 @@ def test_timed_runs_are_interleaved():
             return x
 
     x = mge.tensor(np.zeros((1, 1), np.float32))
-    medians = time_modules([(Named("a"), x), (Named("b"), x)], warmup=2, runs=3)
-    assert order == ["a", "a", "b", "b"] + ["a", "b"] * 3 and len(medians) == 2
+    medians = time_modules([(Named("a"), x), (Named("b"), x)], warmup=2, runs=3, inner=2)
+    assert order == ["a", "a", "b", "b"] + ["a", "a", "b", "b"] * 3 and len(medians) == 2
 
 
 def test_repvgg_candidates_are_timed_in_deploy_form(monkeypatch):
     timed = []
     real = latency.time_modules
 
-    def spy(pairs, warmup, runs):
+    def spy(pairs, warmup, runs, inner):
         timed.extend(m for m, _ in pairs)
         return real(pairs, 0, 1)
 
