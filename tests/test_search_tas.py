@@ -127,6 +127,7 @@ def test_search_steps_then_pruned_network_builds_and_trains(rng):
     assert any(not np.array_equal(b, a.numpy()) for b, a in zip(before, s.net.attentions))
     widths = s.net.widths(s.net.argmax())
     arch = arch_from_widths(sp, widths, get_flop(s.net, "genotype"))
+    mge.random.seed(0)
     net = build_from_arch(arch)
     assert [l["C_out"] for l in arch["layers"]] == widths
     x = mge.tensor(((train.images[:16].astype(np.float32) / 255 - 0.5) / 0.5)
