@@ -43,6 +43,10 @@ def plot(space, probs, lut, path):
     a.set_xticks(range(len(space.candidates)))
     a.set_xticklabels(space.candidates, rotation=45, ha="right")
     a.set_ylabel("layer")
+    if probs.size <= 400:  # small enough to print every probability
+        for (l, k), v in np.ndenumerate(probs):
+            a.text(k, l, "%.2f" % v, ha="center", va="center", fontsize=7,
+                   color="black" if v > 0.5 else "white")
     a.set_title("softmax(theta)")
     fig.colorbar(im, ax=a)
     b.barh(range(len(space.layers)), (probs * lut.latency).sum(axis=1))
