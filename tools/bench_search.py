@@ -4,11 +4,11 @@ well the table predicts whole networks (measured / predicted latency).
     python tools/bench_search.py                       # digits preset, all CPU cores
     python tools/bench_search.py --device cpu --archs 4
 
-Prints Markdown tables. The networks checked are the argmax architecture after the search epoch,
-three uniform ones (every layer the same op) and ``--archs`` random ones; each is built in
-deploy form and timed like the table's entries (eval mode, warm-up, median of ``--runs``, runs
-of all networks interleaved), then
-compared with ``stem + sum(chosen entries) + head`` from the table.
+Prints Markdown tables. The networks checked are three uniform ones (every layer the same op) and
+``--archs`` random ones, timed right after the table is built (so that load drift stays small):
+each is built in deploy form, timed like the table's entries (eval mode, warm-up, median of
+``--runs``, runs of all networks interleaved) and compared with ``stem + sum(chosen entries) +
+head`` from the table. ``search.py show --measure`` does the same for a search's result.
 """
 import argparse
 import os
@@ -34,7 +34,7 @@ def parse_args(argv):
     p.add_argument("--inner", type=int, default=10,
                    help="calls per timed run before one wait for the result")
     p.add_argument("--epoch", action=argparse.BooleanOptionalAction, default=True,
-                   help="also time one search epoch (the argmax network is then checked too)")
+                   help="also time one search epoch")
     p.add_argument("--batch-size", type=int, default=64, help="search batch size")
     p.add_argument("--archs", type=int, default=3, help="random architectures to check")
     p.add_argument("--seed", type=int, default=0, help="seed of search and random archs")
@@ -60,7 +60,16 @@ def main(argv=None):
     print("| step | seconds |\n| --- | ---: |")
     print("| latency table (%d entries + stem/head, warm-up %d, median of %d runs x %d calls) "
           "| %.1f |" % (lut.latency.size, args.warmup, args.runs, args.inner, lut_s))
+    # networks first, right after the table, so that load drift between the two stays small
+    rng = np.random.default_rng(args.seed)
+    L, K = lut.latency.shape
     archs = []
+    for name in ("ir_k3_e1", "ir_k5_e6", "repvgg"):
+        if name in space.candidates:
+            archs.append(("all " + name, [space.candidates.index(name)] * L))
+    archs += [("random %d" % i, rng.integers(0, K, L)) for i in range(args.archs)]
+    built = [arch_from_choices(space, choices, lut) for _, choices in archs]
+    measured = measure_archs(built, lut, args.warmup, args.runs)
     if args.epoch:
         train, val, _ = load_digits(image_size=space.image_size)
         searcher = Searcher(space, lut, train, val, SearchConfig(
@@ -71,25 +80,14 @@ def main(argv=None):
               % (-(-len(searcher.w_idx) // args.batch_size),
                  -(-len(searcher.t_idx) // args.batch_size), args.batch_size,
                  time.perf_counter() - start))
-        archs.append(("argmax after 1 epoch", searcher.choices()))
-    print()
-    rng = np.random.default_rng(args.seed)
-    L, K = lut.latency.shape
-    for name in ("ir_k3_e1", "ir_k5_e6", "repvgg"):
-        if name in space.candidates:
-            archs.append(("all " + name, [space.candidates.index(name)] * L))
-    archs += [("random %d" % i, rng.integers(0, K, L)) for i in range(args.archs)]
-    print("| network | predicted us | measured us | measured / predicted |")
+    print("\n| network | predicted us | measured us | measured / predicted |")
     print("| --- | ---: | ---: | ---: |")
-    built = [arch_from_choices(space, choices, lut) for _, choices in archs]
     ratios = []
-    for (label, _), arch, measured in zip(archs, built, measure_archs(built, lut, args.warmup,
-                                                                       args.runs)):
+    for (label, _), arch, m in zip(archs, built, measured):
         predicted = arch["predicted_latency"]
-        ratios.append(measured / predicted)
+        ratios.append(m / predicted)
         print("| %s: %s | %.0f | %.0f | %.3f |" % (
-            label, " ".join(l["op"] for l in arch["layers"]), predicted, measured,
-            ratios[-1]))
+            label, " ".join(l["op"] for l in arch["layers"]), predicted, m, ratios[-1]))
     print("\nmedian measured / predicted: %.3f" % float(np.median(ratios)))
     return 0
 
