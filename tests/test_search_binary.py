@@ -1,7 +1,8 @@
 """The binary-ResNet-18 search preset over the binary primitives of ``model.binary.primitives``.
 
 Needs the binary branch (issue 5: ``model.binary.primitives`` and the BOP counting it adds to
-``common.opcount``); on the search branch alone these tests fail at the import, by design.
+``common.opcount``); on the search branch alone every test here fails (ModuleNotFoundError), by
+design, without stopping the collection of the rest of the suite.
 """
 import numpy as np
 import pytest
@@ -9,7 +10,6 @@ import pytest
 import megengine as mge
 
 from common.opcount import count_ops
-from model.binary.primitives import PRIMITIVE_NAMES, build_primitive
 from model.derived import build_from_arch, op_kind
 from search.derive import arch_from_choices
 from search.gumbel import gumbel_softmax, noise_for_batch
@@ -20,9 +20,21 @@ from search.supernet import Supernet
 SIZE = 8  # input size for the tests: spatial sizes 8, 8, 8, 4, 4, 2, 2, 1
 
 
+def build_primitive(name, C_in, C_out, stride):
+    from model.binary.primitives import build_primitive as build
+
+    return build(name, C_in, C_out, stride)
+
+
+def primitive_names():
+    from model.binary.primitives import PRIMITIVE_NAMES
+
+    return PRIMITIVE_NAMES
+
+
 def test_preset_is_the_awnas_binary_resnet18_body():
     space = get_space("binary_resnet18")
-    assert set(space.candidates) <= set(PRIMITIVE_NAMES)
+    assert set(space.candidates) <= set(primitive_names())
     assert all(op_kind(c) == "binary" for c in space.candidates)
     assert [l.C_out for l in space.layers] == [64, 64, 128, 128, 256, 256, 512, 512]
     assert [l.stride for l in space.layers] == [1, 1, 2, 1, 2, 1, 2, 1]
