@@ -25,3 +25,7 @@ bench: setup
 
 clean:
 	rm -rf .venv .torchvenv tests/.fixtures .pytest_cache
+
+.PHONY: bench-search
+bench-search: setup
+	$(PY) tools/bench_search.py

@@ -1,0 +1,253 @@
+"""The latency lookup table (LUT): cost of every candidate at every layer, with metadata.
+
+Measurement (``measure_table``): each candidate is built fresh for its layer, put in eval mode
+(RepVGG candidates first converted to their deploy form, the form that ships), run ``warmup``
+times untimed, then timed ``runs`` times (each run ``inner`` calls and one wait for the result,
+divided by ``inner``); the entry is the median in microseconds. The timed runs of groups of 8
+entries are interleaved (``time_modules``) so that load drifts spread evenly.
+The stem and the head (fixed, not searched) are timed the same way, so that a whole derived
+network's latency can be predicted as ``stem + sum(chosen entries) + head`` and checked against
+a measurement.
+
+Binary candidates: MegEngine runs them as float convolutions, so their wall-clock time on this
+CPU says nothing about a binary-inference target. Their entry is a cost proxy, ``FLOPs +
+BOPs/64`` (``common.opcount``'s ``ops``, the Bi-Real/ReActNet convention), recorded per entry as
+``proxy:ops``. In a table that also has measured entries the proxy is converted to microseconds
+with the device's measured time per operation (the median of ``us / ops`` over the measured
+entries, stored as ``us_per_op``); in a table of binary candidates only, the unit is "Mops".
+
+File (JSON)::
+
+    {"format": "repvgg-search-lut/1",
+     "meta": {"space", "space_hash", "candidates", "input_sizes", "image_size", "batch",
+              "device", "threads", "megengine", "warmup", "runs", "unit", "us_per_op", ...},
+     "latency": [[per candidate] per layer], "source": [["measured" | "proxy:ops"] ...],
+     "fixed": {"stem": ..., "head": ...}}
+
+``load_table(path, space)`` checks format, shape and metadata against the space and fails with
+one line naming the mismatch.
+"""
+import json
+import logging
+import platform
+import statistics
+import time
+
+import numpy as np
+
+import megengine as mge
+import megengine.module as M
+
+from common.opcount import count_ops
+from model.derived import build_op, op_kind
+from model.fbnet import conv_bn_relu
+from model.layers import GlobalAvgPool
+from model.reparam import convert_to_deploy
+
+from .jsonio import write_json
+from .space import SpaceError, out_size
+
+LUT_FORMAT = "repvgg-search-lut/1"
+PROXY = "proxy:ops"
+MEASURED = "measured"
+log = logging.getLogger(__name__)
+
+
+class LatencyTable:
+    """latency[l][k]: cost of candidate k at layer l, in ``meta['unit']``."""
+
+    def __init__(self, latency, source, fixed, meta):
+        self.latency = np.asarray(latency, np.float64)
+        self.source = [list(row) for row in source]
+        self.fixed = dict(fixed)
+        self.meta = dict(meta)
+
+    @property
+    def unit(self):
+        return self.meta["unit"]
+
+    def to_dict(self):
+        return {"format": LUT_FORMAT, "meta": self.meta, "latency": self.latency.tolist(),
+                "source": self.source, "fixed": self.fixed}
+
+    @classmethod
+    def from_dict(cls, d, what="latency table"):
+        if not isinstance(d, dict) or d.get("format") != LUT_FORMAT:
+            raise SpaceError("%s is not a latency table (format %r expected)" % (what, LUT_FORMAT))
+        try:
+            return cls(d["latency"], d["source"], d["fixed"], d["meta"])
+        except (KeyError, ValueError, TypeError) as e:
+            raise SpaceError("%s is malformed (%s)" % (what, e)) from None
+
+    def check(self, space, what="latency table"):
+        """Raise SpaceError (one line) unless this table was made for ``space``."""
+        m = self.meta
+        if m.get("space_hash") != space.hash:
+            why = []
+            if m.get("space") != space.name:
+                why.append("space %r vs %r" % (m.get("space"), space.name))
+            if list(m.get("candidates", [])) != list(space.candidates):
+                why.append("candidates %s vs %s" % (",".join(m.get("candidates", [])),
+                                                    ",".join(space.candidates)))
+            if list(m.get("input_sizes", [])) != [l.input_size for l in space.layers]:
+                why.append("input sizes %s vs %s" % (m.get("input_sizes"),
+                                                     [l.input_size for l in space.layers]))
+            raise SpaceError("%s was built for another search space (hash %s, this space %s%s%s)"
+                             % (what, m.get("space_hash"), space.hash, ": " if why else "",
+                                "; ".join(why)))
+        shape = (len(space.layers), len(space.candidates))
+        if self.latency.shape != shape or np.shape(self.source) != shape:
+            raise SpaceError("%s has shape %s, the space needs %s (layers x candidates)"
+                             % (what, self.latency.shape, shape))
+        if not np.all(np.isfinite(self.latency)) or np.any(self.latency <= 0):
+            raise SpaceError("%s has non-positive or non-finite entries" % what)
+        return self
+
+    def network_latency(self, choices):
+        """Predicted latency of one architecture: stem + chosen entries + head."""
+        layers = sum(self.latency[l, k] for l, k in enumerate(choices))
+        return self.fixed["stem"] + layers + self.fixed["head"]
+
+
+def save_table(table, path):
+    """Write atomically (temp file + rename)."""
+    return write_json(table.to_dict(), path)
+
+
+def load_table(path, space=None):
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise SpaceError("latency table not found: %s" % path) from None
+    except (OSError, ValueError) as e:
+        raise SpaceError("%s is not a readable JSON latency table (%s)" % (path, e)) from None
+    table = LatencyTable.from_dict(d, what=path)
+    return table.check(space, what=path) if space is not None else table
+
+
+def time_modules(pairs, warmup, runs, inner=1):
+    """Median seconds per call of ``module(x)`` for every ``(module, x)`` in ``pairs``.
+
+    Eval mode. Each module is warmed up ``warmup`` times, then the timed runs go round-robin over
+    all modules (run r of every module, then run r + 1), so that slow drifts of the machine's load
+    hit every entry alike. One timed run is ``inner`` calls in a row followed by one wait for the
+    result (``.numpy()``), divided by ``inner``: MegEngine executes asynchronously, and waiting
+    after every call would add a synchronisation delay to every entry that a whole network pays
+    only once.
+    """
+    for module, x in pairs:
+        module.eval()
+        for _ in range(warmup):
+            module(x).numpy()
+    times = [[] for _ in pairs]
+    for _ in range(runs):
+        for t, (module, x) in zip(times, pairs):
+            start = time.perf_counter()
+            for _ in range(inner):
+                y = module(x)
+            y.numpy()
+            t.append((time.perf_counter() - start) / inner)
+    return [statistics.median(t) for t in times]
+
+
+def time_module(module, x, warmup, runs, inner=1):
+    return time_modules([(module, x)], warmup, runs, inner)[0]
+
+
+def device_threads(device):
+    """Thread count of a MegEngine CPU device string ('cpux' = 1, 'multithreadN:0' = N)."""
+    if device.startswith("multithread"):
+        return int(device[len("multithread"):].split(":")[0])
+    return 1
+
+
+def stem_module(space):
+    return conv_bn_relu(3, space.stem_channels, 3, space.stem_stride)
+
+
+class Head(M.Module):
+    """The fixed head: [1x1 conv-BN-ReLU] -> global pool -> linear."""
+
+    def __init__(self, space):
+        super().__init__()
+        last = space.layers[-1].C_out
+        h = space.head_channels
+        self.conv = conv_bn_relu(last, h, 1) if h else None
+        self.gap = GlobalAvgPool()
+        self.linear = M.Linear(h or last, space.num_classes)
+
+    def forward(self, x):
+        if self.conv is not None:
+            x = self.conv(x)
+        return self.linear(self.gap(x))
+
+
+def deployable(module):
+    return convert_to_deploy(module, inplace=True)
+
+
+def measure_table(space, batch=1, warmup=10, runs=30, seed=0, progress=None, inner=10):
+    """Measure (or, for binary candidates, count) every entry of ``space``'s table."""
+    rng = np.random.default_rng(seed)
+    device = str(mge.get_default_device())
+
+    def rand(c, size):
+        return mge.tensor(rng.standard_normal((batch, c, size, size)).astype(np.float32))
+
+    shape = (len(space.layers), len(space.candidates))
+    latency, source = np.zeros(shape), [[PROXY] * shape[1] for _ in range(shape[0])]
+    timed, ops = [], {}  # timed: ((l, k) or "stem"/"head", module, input)
+    for l in range(shape[0]):
+        layer = space.layers[l]
+        for k, name in enumerate(space.candidates):
+            module = build_op(name, layer.C_in, layer.C_out, layer.stride)
+            in_shape = (batch, layer.C_in, layer.input_size, layer.input_size)
+            if op_kind(name) == "binary":
+                latency[l, k] = count_ops(module, in_shape)["ops"] / 1e6
+                continue
+            module = deployable(module)
+            ops[l, k] = count_ops(module, in_shape)["ops"]
+            source[l][k] = MEASURED
+            timed.append(((l, k), module, rand(layer.C_in, layer.input_size)))
+    last = space.layers[-1]
+    head_size = out_size(last.input_size, last.stride)
+    fixed_parts = [("stem", stem_module(space), (3, space.image_size)),
+                   ("head", Head(space), (last.C_out, head_size))]
+    fixed = {}
+    if timed:
+        timed += [(name, module, rand(*shp)) for name, module, shp in fixed_parts]
+        chunks = [timed[i:i + 8] for i in range(0, len(timed), 8)]
+        medians = []
+        for chunk in (progress(chunks) if progress else chunks):
+            medians += time_modules([(m, x) for _, m, x in chunk], warmup, runs, inner)
+        for (key, _, _), sec in zip(timed, medians):
+            if isinstance(key, tuple):
+                latency[key] = sec * 1e6
+            else:
+                fixed[key] = sec * 1e6
+    else:  # binary candidates only: everything in the proxy's unit
+        for name, module, (c, size) in fixed_parts:
+            fixed[name] = count_ops(module, (batch, c, size, size))["ops"] / 1e6
+    n_measured = len(ops)
+    us_per_op = None
+    if n_measured and n_measured < latency.size:  # mixed table: proxy -> microseconds
+        us_per_op = statistics.median(latency[key] / ops[key] for key in ops)
+        for l in range(shape[0]):
+            for k in range(shape[1]):
+                if source[l][k] == PROXY:
+                    latency[l, k] *= 1e6 * us_per_op
+    meta = {
+        "space": space.name, "space_hash": space.hash, "candidates": list(space.candidates),
+        "input_sizes": [l.input_size for l in space.layers], "image_size": space.image_size,
+        "batch": batch, "device": device, "threads": device_threads(device),
+        "megengine": mge.__version__, "machine": platform.machine(),
+        "warmup": warmup, "runs": runs, "inner": inner,
+        "statistic": "median over runs of (inner calls, one sync) / inner; runs interleaved in "
+                     "groups of 8",
+        "mode": "eval", "repvgg_form": "deploy", "unit": "us" if n_measured else "Mops",
+        "us_per_op": us_per_op,
+        "binary_cost": "proxy FLOPs + BOPs/64 (common.opcount ops), per entry source 'proxy:ops'",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return LatencyTable(latency, source, fixed, meta)

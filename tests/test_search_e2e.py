@@ -1,0 +1,121 @@
+"""End to end on the small preset: the four commands a user types, on the built-in digits.
+
+``test_train_py_trains_the_found_arch`` runs ``train.py --arch arch.json`` (the train branch's
+CLI, flags as in CONTRACTS.md); it can pass only once that branch is merged.
+"""
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+import megengine as mge
+import megengine.functional as F
+import megengine.optimizer as optim
+from megengine.autodiff import GradManager
+
+from common.errors import UserError
+from model.derived import build_from_arch_file
+from search.trainer import normalize
+from tests.helpers import ROOT, run_tool
+from tests.search_fixtures import tiny_data
+
+CANDIDATES = "ir_k3_e1,skip,repvgg"
+
+
+def ok(proc):
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("search")
+    common = ["--space", "digits", "--candidates", CANDIDATES, "--device", "cpu"]
+    ok(run_tool("search.py", "lut", *common, "--warmup", "1", "--runs", "2", "--out",
+                d / "lut.json", "--no-progress"))
+    ok(run_tool("search.py", "train", *common, "--lut", d / "lut.json", "--out", d / "run",
+                "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "16", "--max-steps",
+                "2", "--no-progress"))
+    ok(run_tool("search.py", "derive", "--run", d / "run", "--out", d / "arch.json"))
+    return d
+
+
+def test_lut_train_derive_show(run_dir):
+    lut = json.load(open(run_dir / "lut.json"))
+    assert lut["meta"]["candidates"] == CANDIDATES.split(",")
+    assert {"latest.pkl", "best.pkl", "search.log"} <= set(os.listdir(run_dir / "run"))
+    arch = json.load(open(run_dir / "arch.json"))
+    assert arch["space"] == "digits" and len(arch["layers"]) == 5
+    assert all(l["op"] in CANDIDATES.split(",") for l in arch["layers"])
+    assert arch["predicted_latency"] > 0 and arch["latency_unit"] == "us"
+    proc = ok(run_tool("search.py", "show", "--run", run_dir / "run", "--measure", "--device",
+                       "cpu", "--arch", run_dir / "arch.json"))
+    assert "measured / predicted" in proc.stdout and "E[lat]" in proc.stdout
+    assert (run_dir / "run" / "theta.png").stat().st_size > 1000
+
+
+def test_found_arch_builds_and_trains_without_train_py(run_dir):
+    net = build_from_arch_file(str(run_dir / "arch.json"))
+    train, _ = tiny_data(image_size=16, n_train=32)
+    x, y = mge.tensor(normalize(train.images)), mge.tensor(train.labels)
+    gm = GradManager().attach(net.parameters())
+    opt = optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(8):
+        with gm:
+            loss = F.loss.cross_entropy(net(x), y)
+            gm.backward(loss)
+        opt.step()
+        opt.clear_grad()
+        losses.append(float(loss.numpy()))
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+
+
+def load_cli():
+    spec = importlib.util.spec_from_file_location("search_cli", os.path.join(ROOT, "search.py"))
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    return cli
+
+
+def test_second_train_into_the_same_folder_needs_resume(run_dir):
+    before = sorted(os.listdir(run_dir / "run"))
+    with pytest.raises(UserError, match="--resume"):
+        load_cli().main(["train", "--space", "digits", "--candidates", CANDIDATES, "--device",
+                         "cpu", "--lut", str(run_dir / "lut.json"), "--out",
+                         str(run_dir / "run")])
+    assert sorted(os.listdir(run_dir / "run")) == before
+
+
+def test_resume_from_the_cli_extends_the_run(run_dir, tmp_path):
+    import shutil
+
+    shutil.copytree(run_dir / "run", tmp_path / "run")
+    ok(run_tool("search.py", "train", "--out", tmp_path / "run", "--resume",
+                "--epochs", "3", "--no-progress", "--device", "cpu"))
+    from search.trainer import load_run
+    state = load_run(str(tmp_path / "run" / "latest.pkl"))
+    assert state["epoch"] == 3 and [r["epoch"] for r in state["history"]] == [0, 1, 2]
+
+
+def test_every_flag_is_documented():
+    parser = load_cli().build_parser()
+    subparsers = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"][0]
+    assert set(subparsers.choices) == {"lut", "train", "derive", "show", "tas"}
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            assert action.help, (name, action.dest)
+    proc = ok(run_tool("search.py", "train", "--help"))
+    assert "--theta-lr" in proc.stdout and "(default: 0.01)" in proc.stdout
+
+
+def test_train_py_trains_the_found_arch(run_dir):
+    out = run_dir / "trained"
+    proc = run_tool("train.py", "--arch", run_dir / "arch.json", "--epochs", "1",
+                    "--batch-size", "16", "--output", out, "--seed", "0", "--device", "cpu",
+                    "--workers", "0", "--image-size", "16", "--max-steps-per-epoch", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for f in ("latest.pkl", "best.pkl", "deploy.pkl", "metrics.csv"):
+        assert (out / f).exists(), f
