@@ -32,7 +32,7 @@ def randomize_batchnorm(model, rng, calibration_input):
     model(mge.tensor(calibration_input))
     for bn, momentum in zip(bns, momenta):
         bn.momentum = momentum
-        shape, c = bn.weight.shape, bn.num_features
+        shape, c = bn.running_mean.shape, bn.num_features
 
         def draw(values):
             return mge.tensor(np.asarray(values, np.float32).reshape(shape))
@@ -40,8 +40,9 @@ def randomize_batchnorm(model, rng, calibration_input):
         std = np.sqrt(bn.running_var.numpy().reshape(-1))
         bn.running_mean[...] = bn.running_mean + draw(rng.normal(0.0, 0.3, c) * std)
         bn.running_var[...] = bn.running_var * draw(rng.uniform(0.5, 2.0, c))
-        bn.weight[...] = draw(rng.uniform(0.3, 1.2, c))
-        bn.bias[...] = draw(rng.normal(0.0, 0.3, c))
+        if bn.affine:  # a BN without affine parameters (affine=False) has none to draw
+            bn.weight[...] = draw(rng.uniform(0.3, 1.2, c))
+            bn.bias[...] = draw(rng.normal(0.0, 0.3, c))
     model.eval()
     return model
 
