@@ -68,6 +68,8 @@ def parse_args(argv):
       "gpu")
     a("--max-steps-per-epoch", type=int, default=0,
       help="cap on optimizer steps per epoch (0 = the whole train split; for quick tests)")
+    a("--max-val-images", type=int, default=0,
+      help="evaluate on the first N validation images only (0 = all; for quick tests)")
     a("--resume", action="store_true", help="continue the run in --output from latest.pkl")
     a("--weights", metavar="CKPT", help="initialise from a model checkpoint (fine-tuning; "
       "the classifier must match the number of classes)")
@@ -109,8 +111,9 @@ def resolve(args):
     for key in ("epochs", "batch_size", "eval_batch_size", "image_size"):
         if cfg[key] < 1:
             raise cli.UserError("--%s must be at least 1" % key.replace("_", "-"))
-    if cfg["workers"] < 0 or cfg["max_steps_per_epoch"] < 0:
-        raise cli.UserError("--workers and --max-steps-per-epoch cannot be negative")
+    if min(cfg["workers"], cfg["max_steps_per_epoch"], cfg["max_val_images"]) < 0:
+        raise cli.UserError("--workers, --max-steps-per-epoch and --max-val-images cannot be "
+                            "negative")
     if cfg["image_size"] < 16:
         raise cli.UserError("--image-size must be at least 16")
     if cfg["output"] is None:
@@ -135,6 +138,9 @@ def run(cfg):
         os.makedirs(cfg["output"], exist_ok=True)
         log = setup_logging(os.path.join(cfg["output"], "train.log"))
     splits = load_splits(cfg["dataset"], cfg["data"], cfg["image_size"], seed=0)
+    if cfg["max_val_images"]:
+        from data.sources import Subset
+        splits.val = Subset(splits.val, cfg["max_val_images"])
     trainer = Trainer(cfg, splits, rank=rank, world_size=cfg["world_size"])
     if cfg["resume"]:
         trainer.resume()

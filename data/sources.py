@@ -33,3 +33,22 @@ class ArraySource:
 
     def load(self, i):
         return Image.fromarray(self.images[i], mode="RGB")
+
+
+class Subset:
+    """The first ``n`` samples of a source (quick runs and tests)."""
+
+    def __init__(self, source, n):
+        self.source, self.n = source, min(n, len(source))
+        self.labels = source.labels[:self.n]
+        self.classes = source.classes
+        self.name = source.name
+
+    def __len__(self):
+        return self.n
+
+    def describe(self, i):
+        return self.source.describe(i)
+
+    def load(self, i):
+        return self.source.load(i)

@@ -102,6 +102,8 @@ class CenterCrop:
 
     def __call__(self, image, rng=None):
         w, h = image.size
+        if (w, h) == (self.size, self.size):
+            return image
         x, y = int(round((w - self.size) / 2)), int(round((h - self.size) / 2))
         return image.crop((x, y, x + self.size, y + self.size))
 
@@ -130,12 +132,13 @@ def imagenet_eval(size):
 
 def small_train(size, flip=True, pad=None):
     """For small low-resolution images (CIFAR, digits): shift by up to size/8 pixels, optional
-    flip, normalise to [-1, 1]. Square images are resized to ``size`` first if they differ."""
-    steps = [Resize(size), RandomShift(pad if pad is not None else max(1, size // 8))]
+    flip, normalise to [-1, 1]. Images not already ``size`` x ``size`` are resized (shorter
+    side) and centre-cropped first."""
+    steps = [Resize(size), CenterCrop(size), RandomShift(pad if pad is not None else max(1, size // 8))]
     if flip:
         steps.append(RandomHorizontalFlip())
     return Compose(steps + [ToCHW((0.5,) * 3, (0.5,) * 3)])
 
 
 def small_eval(size):
-    return Compose([Resize(size), ToCHW((0.5,) * 3, (0.5,) * 3)])
+    return Compose([Resize(size), CenterCrop(size), ToCHW((0.5,) * 3, (0.5,) * 3)])

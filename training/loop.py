@@ -110,11 +110,15 @@ class Trainer:
             return
         if is_best:  # before latest: a kill in between just repeats this epoch
             best = model_checkpoint(self.model, self.cfg["arch"], "train")
-            best.update(epoch=self.epoch, val_acc1=self.best_acc1, classes=list(
-                self.splits.classes))
+            best.update(epoch=self.epoch, val_acc1=self.best_acc1, **self.data_info())
             save_checkpoint(best, self.path("best.pkl"))
         train_state.save(self.path("latest.pkl"), self.model, self.optimizer, self.cfg["arch"],
                          self.epoch, self.step, self.best_acc1, self.best_epoch, self.cfg)
+
+    def data_info(self):
+        """What eval/predict need to prepare inputs like this run did."""
+        return {"classes": list(self.splits.classes), "dataset": self.cfg["dataset"],
+                "image_size": self.cfg["image_size"]}
 
     # -- one epoch ---------------------------------------------------------------------------
     def loss_of(self, logits, labels):
@@ -229,7 +233,7 @@ class Trainer:
         _, dep_acc1, dep_acc5 = evaluate(deploy, self.val_loader, desc="val (deploy form)",
                                          progress=cfg["progress"])
         ckpt = model_checkpoint(deploy, cfg["arch"], "deploy")
-        ckpt["classes"] = list(self.splits.classes)
+        ckpt.update(self.data_info())
         save_checkpoint(ckpt, self.path("deploy.pkl"))
         log.info("best epoch %d  val top-1 / top-5: train form %.2f%% / %.2f%%, deploy form "
                  "%.2f%% / %.2f%%  -> %s", best.get("epoch", 0), train_acc1, train_acc5,
