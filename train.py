@@ -41,7 +41,8 @@ def parse_args(argv):
     a("--dataset", choices=("digits", "imagenet", "cifar10", "cifar100"),
       help="data format; default: digits without --data, cifar10 when DIR holds CIFAR-10 "
            "batches, imagenet otherwise")
-    a("--output", metavar="DIR", help="run folder; default: runs/<arch>-<dataset>")
+    a("--output", metavar="DIR", help="run folder; default: runs/<arch>-<dataset> (a new "
+      "-2, -3 ... if that holds a run; with --resume the newest one)")
     a("--epochs", type=int, help="epochs; per data set: " + describe("epochs"))
     a("--batch-size", type=int, help="images per step per process; per data set: "
       + describe("batch_size"))
@@ -90,6 +91,17 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def default_output(cfg):
+    """runs/<arch>-<dataset>, or -2, -3 ... when taken; with --resume the newest existing."""
+    name = os.path.splitext(os.path.basename(cfg["arch"]))[0]
+    base = os.path.join("runs", "%s-%s" % (name, cfg["dataset"]))
+    candidates = [base] + ["%s-%d" % (base, i) for i in range(2, 1000)]
+    taken = [c for c in candidates if os.path.exists(os.path.join(c, "latest.pkl"))]
+    if cfg["resume"]:
+        return taken[-1] if taken else base
+    return next(c for c in candidates if c not in taken)
+
+
 def resolve(args):
     """The run's settings as a plain dict, per-data-set defaults filled in."""
     from data.sources import DataError
@@ -117,8 +129,7 @@ def resolve(args):
     if cfg["image_size"] < 16:
         raise cli.UserError("--image-size must be at least 16")
     if cfg["output"] is None:
-        name = os.path.splitext(os.path.basename(cfg["arch"]))[0]
-        cfg["output"] = os.path.join("runs", "%s-%s" % (name, cfg["dataset"]))
+        cfg["output"] = default_output(cfg)
     cfg["world_size"] = args.ngpus * args.world_size
     return cfg
 

@@ -3,6 +3,7 @@
 import logging
 import math
 import os
+import random
 import time
 
 import numpy as np
@@ -55,6 +56,12 @@ def evaluate(model, loader, label_smoothing=0.0, desc="val", progress=True):
     return loss_sum / total, 100.0 * c1 / total, 100.0 * c5 / total
 
 
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    mge.random.seed(seed)
+
+
 class Trainer:
     """One run. ``cfg`` is a dict of the settings (see train.py); ``splits`` the data."""
 
@@ -64,6 +71,7 @@ class Trainer:
         self.main = rank == 0
         self.out = cfg["output"]
         self.num_classes = len(splits.classes)
+        seed_everything(cfg["seed"])  # initial weights depend only on --seed
         self.model = build_model(cfg["arch"], self.num_classes)
         if cfg.get("fast_conv_grad", True):
             from . import fastconv
