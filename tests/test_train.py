@@ -139,5 +139,6 @@ def test_nonfinite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_pa
                     "--output", out, *TINY)
     assert proc.returncode == 2
     msg = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
-    assert len(msg) == 1 and "loss is nan" in msg[0] or "loss is inf" in msg[0], proc.stderr
+    assert len(msg) == 1 and ("loss is nan" in msg[0] or "loss is inf" in msg[0]), proc.stderr
+    assert "latest.pkl" in msg[0]
     assert "Traceback" not in proc.stderr

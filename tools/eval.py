@@ -31,6 +31,8 @@ def parse_args(argv):
                    help="input resolution (default: recorded in the checkpoint, else 32 for "
                         "digits/CIFAR and 224 for ImageNet)")
     p.add_argument("--batch-size", type=int, default=100, help="images per batch (default 100)")
+    p.add_argument("--limit", type=int, default=0,
+                   help="evaluate the first N images of the split only (default 0 = all)")
     p.add_argument("--workers", type=int, default=0, help="loader worker processes (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cpuN, gpu (default auto)")
     return p.parse_args(argv)
@@ -61,6 +63,9 @@ def main(argv=None):
     if len(splits.classes) != info["num_classes"]:
         raise cli.UserError("%s has %d classes but the %s data has %d" % (
             args.checkpoint, info["num_classes"], dataset, len(splits.classes)))
+    if args.limit:
+        from data.sources import Subset
+        splits.val = Subset(splits.val, args.limit)
     loader, _ = make_loader(splits.val, splits.eval_transform, args.batch_size, shuffle=False,
                             workers=args.workers)
     loss, acc1, acc5 = evaluate(model, loader)
