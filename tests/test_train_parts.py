@@ -125,9 +125,10 @@ def test_fast_conv_weight_gradient_equals_megengine_own(rng):
     import megengine.module as M
     from megengine.autodiff import GradManager
     from training import fastconv
-    x = mge.tensor(rng.normal(0, 1, (3, 4, 9, 9)).astype(np.float32))
-    for k, stride, pad in ((3, 1, 1), (3, 2, 1), (1, 2, 0), (1, 1, 0)):
-        grads = []
+    for size, k, stride, pad in ((9, 3, 1, 1), (9, 3, 2, 1), (9, 1, 2, 0), (9, 1, 1, 0),
+                                 (2, 3, 2, 1), (2, 3, 1, 1), (1, 3, 1, 1), (2, 1, 2, 0)):
+        x = mge.tensor(rng.normal(0, 1, (3, 4, size, size)).astype(np.float32))
+        grads = []  # the last four cases take the small-output (im2col forward) route
         for fast in (False, True):
             conv = M.Conv2d(4, 5, k, stride=stride, padding=pad, bias=False)
             conv.weight[...] = mge.tensor(np.linspace(-1, 1, 5 * 4 * k * k, dtype=np.float32)

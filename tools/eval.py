@@ -54,10 +54,12 @@ def main(argv=None):
     use_device(args.device)
     from data.loader import make_loader
     from data.splits import load_splits
+    from training import fastconv
     from training.build import model_from_file
     from training.loop import evaluate
 
     model, checkpoint, info = model_from_file(args.checkpoint, args.arch)
+    fastconv.enable(model)  # MegEngine's CPU convs are slow on tiny maps; same outputs
     dataset, size = data_settings(args, checkpoint)
     splits = load_splits(dataset, args.data, size)
     if len(splits.classes) != info["num_classes"]:

@@ -88,9 +88,6 @@ class Trainer:
                                          cfg["eval_batch_size"], shuffle=False,
                                          workers=cfg["workers"])
         full = len(self.train_sampler)
-        if full == 0:
-            raise UserError("the train split (%d images) is smaller than one batch of %d per "
-                            "process" % (len(splits.train), cfg["batch_size"]))
         cap = cfg.get("max_steps_per_epoch") or full
         self.steps_per_epoch = min(full, cap)
         self.total_steps = self.steps_per_epoch * cfg["epochs"]
@@ -229,15 +226,19 @@ class Trainer:
         model = build_model(cfg["arch"], self.num_classes)
         load_weights(model, best["state_dict"], self.path("best.pkl"))
         model.eval()
-        _, train_acc1, train_acc5 = evaluate(model, self.val_loader, desc="val (train form)",
-                                             progress=cfg["progress"])
         images = next(iter(self.val_loader))[0]
         parity, deploy = check_parity("best model (epoch %d), val batch of %d"
                                       % (best.get("epoch", 0), len(images)), model, images)
-        log.info(format_row(parity))
+        log.info(format_row(parity))  # MegEngine's own convs on both sides
         if not parity.ok:
             raise UserError("deploy form differs from train form beyond tolerance (%s); "
                             "deploy.pkl not written" % format_row(parity))
+        if cfg.get("fast_conv_grad", True):  # the faster small-map forward route for both
+            from . import fastconv
+            fastconv.enable(model)
+            fastconv.enable(deploy)
+        _, train_acc1, train_acc5 = evaluate(model, self.val_loader, desc="val (train form)",
+                                             progress=cfg["progress"])
         _, dep_acc1, dep_acc5 = evaluate(deploy, self.val_loader, desc="val (deploy form)",
                                          progress=cfg["progress"])
         ckpt = model_checkpoint(deploy, cfg["arch"], "deploy")
