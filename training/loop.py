@@ -127,11 +127,20 @@ class Trainer:
 
     # -- one epoch ---------------------------------------------------------------------------
     def loss_of(self, logits, labels):
-        loss = F.nn.cross_entropy(logits, labels, label_smooth=self.cfg["label_smoothing"])
+        """Cross-entropy (+ 0.1 x each auxiliary head's for RepVGGplus, as the official code
+        does) (+ the custom L2 with --custwd); returns (loss, main logits)."""
+        def ce(out):
+            return F.nn.cross_entropy(out, labels, label_smooth=self.cfg["label_smoothing"])
+        if isinstance(logits, dict):  # RepVGGplus in train mode: main + auxiliary heads
+            loss = ce(logits["main"]) + 0.1 * sum(ce(v) for k, v in logits.items()
+                                                  if k != "main")
+            logits = logits["main"]
+        else:
+            loss = ce(logits)
         if self.cfg["custwd"]:
             from model import custom_l2
             loss = loss + 0.5 * self.cfg["weight_decay"] * custom_l2(self.model)
-        return loss
+        return loss, logits
 
     def note_skipped(self, skipped):
         bad = [int(i) for i in skipped if i >= 0]
@@ -158,7 +167,7 @@ class Trainer:
             set_lr(self.optimizer, lr)
             with self.gm:
                 logits = model(mge.tensor(images))
-                loss = self.loss_of(logits, mge.tensor(labels))
+                loss, logits = self.loss_of(logits, mge.tensor(labels))
                 self.gm.backward(loss)
             value = float(loss.numpy())
             if not math.isfinite(value):
