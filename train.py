@@ -15,6 +15,10 @@ curves.png and train.log.
 import argparse
 import os
 import sys
+import warnings
+
+# numpy's harmless note about this CPU's float subnormals (printed when scikit-learn loads)
+warnings.filterwarnings("ignore", message="The value of the smallest subnormal")
 
 from common import cli
 from common.device import use_device

@@ -25,7 +25,7 @@ def rows(out):
 def trained(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("run") / "out")
     proc = run_tool("train.py", "--arch", "RepVGG-A0", "--epochs", "3",
-                    "--max-steps-per-epoch", "6", "--lr", "0.01", "--warmup-epochs", "0",
+                    "--max-steps-per-epoch", "6", "--lr", "0.004", "--warmup-epochs", "0",
                     "--output", out, *TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc

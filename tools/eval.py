@@ -11,6 +11,10 @@ checkpoint records (train.py records them), else digits at 32 without --data.
 import argparse
 import os
 import sys
+import warnings
+
+# numpy's harmless note about this CPU's float subnormals (printed when scikit-learn loads)
+warnings.filterwarnings("ignore", message="The value of the smallest subnormal")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

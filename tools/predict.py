@@ -12,6 +12,10 @@ normalise to [-1, 1]). Class names come from the checkpoint (train.py records th
 import argparse
 import os
 import sys
+import warnings
+
+# numpy's harmless note about this CPU's float subnormals (printed when scikit-learn loads)
+warnings.filterwarnings("ignore", message="The value of the smallest subnormal")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
