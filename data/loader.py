@@ -11,6 +11,8 @@ from megengine.data import DataLoader
 from megengine.data.dataset import Dataset
 from megengine.data.sampler import MapSampler
 
+from .sources import DataError
+
 
 class EpochSampler(MapSampler):
     """Yields batches of ``(index, augmentation_seed)``; call ``set_epoch`` before each epoch.
@@ -70,6 +72,12 @@ class TransformedDataset(Dataset):
 def make_loader(source, transform, batch_size, shuffle, seed=0, workers=0, world_size=1,
                 rank=0, drop_last=False):
     """``(DataLoader, sampler)``; the loader yields (images, labels, skipped) numpy batches."""
+    per_rank = -(-len(source) // world_size)
+    if per_rank < batch_size:
+        if drop_last:
+            raise DataError("%s has %d images: fewer than one batch of %d per process"
+                            % (source.name, len(source), batch_size))
+        batch_size = per_rank
     dataset = TransformedDataset(source, transform)
     sampler = EpochSampler(dataset, batch_size, shuffle, seed=seed, drop_last=drop_last,
                            world_size=world_size, rank=rank)
