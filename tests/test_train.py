@@ -89,7 +89,8 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     proc.wait()
     state = load_checkpoint(latest)  # whatever is there is a complete checkpoint
     assert state["epoch"] < 3
-    assert not [f for f in os.listdir(killed) if f.endswith(".tmp")]
+    # (a kill during a save may leave the writer's *.tmp file behind; latest.pkl itself is
+    # always complete, which the load above checks)
 
     resumed = subprocess.run(_train_cmd(killed, extra=["--resume"]), cwd=ROOT,
                              capture_output=True, text=True)
