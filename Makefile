@@ -3,7 +3,7 @@
 #   make test   set up, then run the whole test suite (what CI runs)
 PY := .venv/bin/python
 
-.PHONY: setup setup-torch run test verify bench clean
+.PHONY: setup setup-torch run test verify bench bench-train clean
 
 setup:
 	@scripts/bootstrap.sh main
@@ -12,7 +12,7 @@ setup-torch:
 	@scripts/bootstrap.sh torch
 
 run: setup
-	$(PY) verify.py
+	$(PY) train.py --arch RepVGG-A0
 
 test: setup
 	$(PY) -m pytest -q tests
@@ -22,6 +22,9 @@ verify: setup
 
 bench: setup
 	$(PY) tools/bench.py
+
+bench-train: setup
+	$(PY) tools/bench_train.py
 
 clean:
 	rm -rf .venv .torchvenv tests/.fixtures .pytest_cache

@@ -79,8 +79,8 @@ class SafeUnpickler(pickle.Unpickler):
     refuse:       an extra predicate ``(module, name) -> bool`` for globals to refuse outright.
     """
 
-    def __init__(self, file, allowed, placeholders=False, refuse=None):
-        super().__init__(file)
+    def __init__(self, file, allowed, placeholders=False, refuse=None, encoding="ASCII"):
+        super().__init__(file, encoding=encoding)
         self._allowed = dict(allowed)
         self._use_placeholders = placeholders
         self._refuse = refuse
@@ -101,10 +101,11 @@ class SafeUnpickler(pickle.Unpickler):
                                 "allowed in a checkpoint" % key)
 
 
-def safe_load(file, allowed=(), placeholders=False):
+def safe_load(file, allowed=(), placeholders=False, encoding="ASCII"):
     """Load a pickle of plain containers and numpy arrays (plus the extra ``allowed`` globals,
-    given as (module, name) pairs that resolve to the real objects)."""
+    given as (module, name) pairs that resolve to the real objects). ``encoding`` is passed to
+    the unpickler ("bytes" reads Python 2 pickles such as CIFAR's)."""
     table = {key: None for key in NUMPY_GLOBALS | CONTAINER_GLOBALS | set(allowed)}
     if isinstance(file, (bytes, bytearray)):
         file = io.BytesIO(file)
-    return SafeUnpickler(file, table, placeholders=placeholders).load()
+    return SafeUnpickler(file, table, placeholders=placeholders, encoding=encoding).load()

@@ -1,0 +1,67 @@
+"""ImageNet-style folders: ``ROOT/train/<class>/*.jpg`` and ``ROOT/val/<class>/*.jpg``.
+
+Class names are the sub-folder names, sorted; the train split defines them and the val split
+must use the same ones. Files are decoded with Pillow when a sample is read (in the loader's
+worker processes), so a corrupt file is found then: the loader skips it, substitutes the next
+readable sample and the training loop warns with the file's name and counts the skips.
+"""
+import os
+
+import numpy as np
+from PIL import Image
+
+from .sources import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class ImageFolderSource:
+    def __init__(self, folder, classes=None):
+        if not os.path.isdir(folder):
+            raise DataError("missing folder %s" % folder)
+        found = sorted(d for d in os.listdir(folder)
+                       if os.path.isdir(os.path.join(folder, d)) and not d.startswith("."))
+        if not found:
+            raise DataError("%s has no class sub-folders (expected %s/<class>/<image>)"
+                            % (folder, folder))
+        if classes is None:
+            classes = found
+        else:
+            unknown = sorted(set(found) - set(classes))
+            if unknown:
+                raise DataError("%s has classes the train split does not have: %s"
+                                % (folder, ", ".join(unknown[:5])))
+        self.classes = tuple(classes)
+        index = {c: i for i, c in enumerate(self.classes)}
+        paths, labels = [], []
+        for c in found:
+            class_dir = os.path.join(folder, c)
+            files = sorted(f for f in os.listdir(class_dir)
+                           if f.lower().endswith(IMAGE_EXTENSIONS))
+            if not files:
+                raise DataError("class folder %s holds no images (%s)"
+                                % (class_dir, "/".join(IMAGE_EXTENSIONS)))
+            paths += [os.path.join(class_dir, f) for f in files]
+            labels += [index[c]] * len(files)
+        self.paths = paths
+        self.labels = np.asarray(labels, np.int32)
+        self.name = folder
+
+    def __len__(self):
+        return len(self.paths)
+
+    def describe(self, i):
+        return self.paths[i]
+
+    def load(self, i):
+        with Image.open(self.paths[i]) as image:
+            return image.convert("RGB")
+
+
+def load_image_folder(root):
+    """``(train_source, val_source)`` for ``root/train`` and ``root/val``."""
+    if not os.path.isdir(root):
+        raise DataError("data folder not found: %s" % root)
+    train = ImageFolderSource(os.path.join(root, "train"))
+    val = ImageFolderSource(os.path.join(root, "val"), classes=train.classes)
+    return train, val

@@ -1,0 +1,84 @@
+"""Batches for training and evaluation on MegEngine's ``DataLoader``.
+
+Determinism: the sampler draws the epoch's order from ``(seed, epoch)`` and gives every sample
+its own augmentation seed, so batch *k* of epoch *e* is the same whatever the number of worker
+processes and after a resume. Sharding for data-parallel training is MegEngine's
+``MapSampler.scatter``: rank *r* of *W* takes every W-th index of the (padded) epoch order.
+"""
+import numpy as np
+
+from megengine.data import DataLoader
+from megengine.data.dataset import Dataset
+from megengine.data.sampler import MapSampler
+
+from .sources import DataError
+
+
+class EpochSampler(MapSampler):
+    """Yields batches of ``(index, augmentation_seed)``; call ``set_epoch`` before each epoch.
+
+    shuffle=False gives the natural order (evaluation); augmentation seeds are still per sample.
+    """
+
+    def __init__(self, dataset, batch_size, shuffle, seed=0, drop_last=False, world_size=1,
+                 rank=0):
+        super().__init__(dataset, batch_size=batch_size, drop_last=drop_last,
+                         world_size=world_size, rank=rank, seed=seed)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def sample(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        n = len(self.dataset)
+        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        aug_seeds = rng.integers(0, 2 ** 63 - 1, size=n)
+        return [(int(i), int(aug_seeds[i])) for i in order]
+
+
+class TransformedDataset(Dataset):
+    """``source`` samples through ``transform``; item ``(index, seed)`` -> ``(image CHW float32,
+    label int32, skipped)`` where ``skipped`` is the index of an unreadable sample that was
+    replaced by the next readable one (-1 if none)."""
+
+    def __init__(self, source, transform):
+        super().__init__()
+        self.source = source
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, item):
+        index, seed = item
+        skipped = -1
+        for attempt in range(len(self.source)):
+            i = (index + attempt) % len(self.source)
+            try:
+                image = self.source.load(i)
+                break
+            except (OSError, ValueError, SyntaxError):  # what Pillow raises for bad files
+                if skipped < 0:
+                    skipped = i
+        else:
+            raise RuntimeError("no readable image in %s" % self.source.name)
+        x = self.transform(image, np.random.default_rng(seed))
+        return x.astype(np.float32), np.int32(self.source.labels[i]), np.int32(skipped)
+
+
+def make_loader(source, transform, batch_size, shuffle, seed=0, workers=0, world_size=1,
+                rank=0, drop_last=False):
+    """``(DataLoader, sampler)``; the loader yields (images, labels, skipped) numpy batches."""
+    per_rank = -(-len(source) // world_size)
+    if per_rank < batch_size:
+        if drop_last:
+            raise DataError("%s has %d images: fewer than one batch of %d per process"
+                            % (source.name, len(source), batch_size))
+        batch_size = per_rank
+    dataset = TransformedDataset(source, transform)
+    sampler = EpochSampler(dataset, batch_size, shuffle, seed=seed, drop_last=drop_last,
+                           world_size=world_size, rank=rank)
+    return DataLoader(dataset, sampler=sampler, num_workers=workers), sampler

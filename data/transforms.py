@@ -1,0 +1,144 @@
+"""Image transforms with an explicit random generator.
+
+Every random transform takes ``(image, rng)`` where ``rng`` is a ``numpy.random.Generator``
+derived from (seed, epoch, sample index) by the sampler, so an augmented sample is the same in
+any worker process, with any number of workers, and again after a resume. (MegEngine's own
+``megengine.data.transform`` draws from the global numpy RNG in whichever worker runs it, which
+is not reproducible across worker counts; these are small PIL-based equivalents.)
+
+Images are PIL images until ``ToCHW`` turns them into normalised float32 CHW arrays.
+"""
+import math
+
+import numpy as np
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Compose:
+    def __init__(self, steps):
+        self.steps = list(steps)
+
+    def __call__(self, image, rng):
+        for step in self.steps:
+            image = step(image, rng)
+        return image
+
+
+class RandomResizedCrop:
+    """Crop a random area fraction in ``scale`` with aspect ratio in ``ratio``, resize to
+    ``size``; falls back to a centre crop after 10 failed draws (as torchvision does)."""
+
+    def __init__(self, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+        self.size, self.scale, self.ratio = size, scale, ratio
+
+    def box(self, width, height, rng):
+        area = width * height
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(*log_ratio))
+            w = int(round(math.sqrt(target * aspect)))
+            h = int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                x = int(rng.integers(0, width - w + 1))
+                y = int(rng.integers(0, height - h + 1))
+                return x, y, w, h
+        in_ratio = width / height
+        if in_ratio < self.ratio[0]:
+            w, h = width, int(round(width / self.ratio[0]))
+        elif in_ratio > self.ratio[1]:
+            w, h = int(round(height * self.ratio[1])), height
+        else:
+            w, h = width, height
+        return (width - w) // 2, (height - h) // 2, w, h
+
+    def __call__(self, image, rng):
+        x, y, w, h = self.box(image.width, image.height, rng)
+        return image.resize((self.size, self.size), Image.BILINEAR, box=(x, y, x + w, y + h))
+
+
+class RandomHorizontalFlip:
+    def __init__(self, p=0.5):
+        self.p = p
+
+    def __call__(self, image, rng):
+        return image.transpose(Image.FLIP_LEFT_RIGHT) if rng.uniform() < self.p else image
+
+
+class RandomShift:
+    """Translate by up to ``pad`` pixels in each direction (zero padding, then a random crop
+    back to the original size). Used for the digits, where flips would change the class."""
+
+    def __init__(self, pad):
+        self.pad = pad
+
+    def __call__(self, image, rng):
+        w, h = image.size
+        canvas = Image.new(image.mode, (w + 2 * self.pad, h + 2 * self.pad))
+        canvas.paste(image, (self.pad, self.pad))
+        x, y = (int(v) for v in rng.integers(0, 2 * self.pad + 1, size=2))
+        return canvas.crop((x, y, x + w, y + h))
+
+
+class Resize:
+    """Resize so the shorter side is ``size`` (keeping the aspect ratio)."""
+
+    def __init__(self, size):
+        self.size = size
+
+    def __call__(self, image, rng=None):
+        w, h = image.size
+        scale = self.size / min(w, h)
+        new = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+        return image if new == (w, h) else image.resize(new, Image.BILINEAR)
+
+
+class CenterCrop:
+    def __init__(self, size):
+        self.size = size
+
+    def __call__(self, image, rng=None):
+        w, h = image.size
+        if (w, h) == (self.size, self.size):
+            return image
+        x, y = int(round((w - self.size) / 2)), int(round((h - self.size) / 2))
+        return image.crop((x, y, x + self.size, y + self.size))
+
+
+class ToCHW:
+    """PIL RGB image -> float32 (3, H, W), scaled to [0, 1] then normalised per channel."""
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        self.mean = np.asarray(mean, np.float32).reshape(3, 1, 1)
+        self.std = np.asarray(std, np.float32).reshape(3, 1, 1)
+
+    def __call__(self, image, rng=None):
+        x = np.asarray(image.convert("RGB"), np.float32).transpose(2, 0, 1) / 255.0
+        return (x - self.mean) / self.std
+
+
+def imagenet_train(size):
+    """The official recipe's training augmentation: random resized crop, flip, normalise."""
+    return Compose([RandomResizedCrop(size), RandomHorizontalFlip(), ToCHW()])
+
+
+def imagenet_eval(size):
+    """Resize the shorter side to size/0.875 (256 for 224), centre crop ``size``, normalise."""
+    return Compose([Resize(int(round(size / 0.875))), CenterCrop(size), ToCHW()])
+
+
+def small_train(size, flip=True, pad=None):
+    """For small low-resolution images (CIFAR, digits): shift by up to size/8 pixels, optional
+    flip, normalise to [-1, 1]. Images not already ``size`` x ``size`` are resized (shorter
+    side) and centre-cropped first."""
+    steps = [Resize(size), CenterCrop(size), RandomShift(pad if pad is not None else max(1, size // 8))]
+    if flip:
+        steps.append(RandomHorizontalFlip())
+    return Compose(steps + [ToCHW((0.5,) * 3, (0.5,) * 3)])
+
+
+def small_eval(size):
+    return Compose([Resize(size), CenterCrop(size), ToCHW((0.5,) * 3, (0.5,) * 3)])

@@ -1,0 +1,16 @@
+"""Learning rate per optimizer step: linear warm-up, then cosine decay to ``min_lr``."""
+import math
+
+
+def lr_at(step, base_lr, total_steps, warmup_steps=0, min_lr=0.0):
+    """The learning rate for optimizer step ``step`` (0-based) of ``total_steps``.
+
+    Warm-up rises linearly from base_lr/warmup_steps at step 0 to base_lr at step
+    warmup_steps-1; the cosine then runs over the remaining steps, reaching ``min_lr`` after the
+    last one.
+    """
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
