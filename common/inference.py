@@ -116,9 +116,14 @@ class DumpedModel:
     fastrun   profile every operator's algorithms on the first run and keep the fastest
               (MegEngine's "fast-run"); the first call is then slow
     weight_preprocess  transform the weights once at load time for the chosen algorithms
+    record    record the kernel sequence on the first run and replay it afterwards (less
+              dispatch overhead; the input shape must stay the same)
+    global_layout  let Lite choose every operator's layout by profiling (its global layout
+              transform) instead of the layout the file was dumped with
     """
 
-    def __init__(self, path, threads=None, fastrun=False, weight_preprocess=False):
+    def __init__(self, path, threads=None, fastrun=False, weight_preprocess=False,
+                 record=False, global_layout=False):
         from megenginelite import (LiteAlgoSelectStrategy, LiteConfig, LiteNetwork,
                                    LiteOptions)
 
@@ -126,6 +131,8 @@ class DumpedModel:
             raise ModelFileError("model file not found: %s" % path)
         options = LiteOptions()
         options.weight_preprocess = bool(weight_preprocess)
+        options.comp_node_seq_record_level = 1 if record else 0
+        options.const_shape = bool(record)  # recording needs static shapes
         self.network = LiteNetwork(LiteConfig(option=options))
         self.threads = threads or default_threads()
         if self.threads > 1:
@@ -133,6 +140,8 @@ class DumpedModel:
         if fastrun:
             self.network.set_network_algo_policy(LiteAlgoSelectStrategy.LITE_ALGO_PROFILE
                                                  | LiteAlgoSelectStrategy.LITE_ALGO_REPRODUCIBLE)
+        if global_layout:
+            self.network.enable_global_layout_transform()
         try:
             with _quiet_lite_errors():
                 self.network.load(path)

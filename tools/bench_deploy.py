@@ -42,7 +42,9 @@ TORCH_PYTHON = os.path.join(ROOT, ".torchvenv", "bin", "python")
 TORCH_MODES = {"eager": "PyTorch eager", "channels_last": "PyTorch eager, channels_last",
                "script": "PyTorch TorchScript (trace+freeze)", "compile": "PyTorch torch.compile"}
 LITE_EXTRAS = {"fastrun": {"fastrun": True},
-               "fastrun+weight_preprocess": {"fastrun": True, "weight_preprocess": True}}
+               "fastrun+weight_preprocess": {"fastrun": True, "weight_preprocess": True},
+               "fastrun+record": {"fastrun": True, "record": True},
+               "global_layout+fastrun": {"global_layout": True, "fastrun": True}}
 
 
 def torch_weights_file(model, path):
