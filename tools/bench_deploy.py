@@ -17,7 +17,9 @@ Timing: warm-up runs, then --runs rounds; in each round every path runs one forw
 rotating order, so that machine noise hits all paths alike; the median is reported. The two
 frameworks never run at the same time and both use --threads threads. GFLOP/s counts 2 x the
 multiply-accumulates of the form a path runs (common/opcount.py); "peak" is the best GFLOP/s
-measured for one large 3x3 convolution (--peak-shape) in either framework on this machine.
+measured for one large 3x3 convolution (--peak-shape; best of the timed runs) in either
+framework on this machine; the header also prints the arithmetic bound of the CPU (cores x 32
+FLOP/cycle for AVX2 with two FMA units x the clock /proc/cpuinfo reports).
 """
 import argparse
 import json
@@ -65,6 +67,20 @@ def torch_weights_file(model, path):
         arrays[key] = value
     np.savez(path, **arrays)
     return path
+
+
+def fma_bound_gflops(threads):
+    """threads x 32 FLOP/cycle (two 8-wide AVX2 FMA units) x the reported clock, or None."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return None
+    flags = next((l for l in info.splitlines() if l.startswith("flags")), "").split()
+    mhz = [float(l.split(":")[1]) for l in info.splitlines() if l.startswith("cpu MHz")]
+    if "avx2" not in flags or "fma" not in flags or not mhz:
+        return None
+    return threads * 32 * max(mhz) / 1e3
 
 
 def cpu_name():
@@ -194,7 +210,7 @@ def peak_gflops(args, folder, worker):
         start = time.perf_counter()
         net(x)
         times.append(time.perf_counter() - start)
-    result = {"MegEngine dumped": flops / statistics.median(times[args.warmup:]) / 1e9}
+    result = {"MegEngine dumped": flops / min(times[args.warmup:]) / 1e9}  # a peak: best run
     if worker is not None:
         reply = worker.request("peak_conv", shape=[n, c, h, w], runs=max(args.runs, 3))
         result["PyTorch eager"] = flops / reply["seconds"] / 1e9
@@ -316,6 +332,10 @@ def main(argv=None):
             print("peak GFLOP/s, 3x3 conv %s: %s" % (
                 "x".join(map(str, args.peak_shape)),
                 ", ".join("%s %.1f" % kv for kv in peak.items())))
+            bound = fma_bound_gflops(args.threads)
+            if bound:
+                print("arithmetic bound (%d cores x 32 FLOP/cycle, AVX2 FMA, reported clock): "
+                      "%.0f GFLOP/s" % (args.threads, bound))
             print("%dx%d input, median of %d rounds after %d warm-up rounds"
                   % (args.size, args.size, args.runs, args.warmup))
             print()
