@@ -7,7 +7,8 @@ Paths, all on the same weights (a RepVGG with random weights and non-trivial BN 
 - MegEngine eager, train form and deploy form (multi-threaded CPU device);
 - MegEngine dumped graph (tools/export.py's trace + dump, run by MegEngine Lite), once per
   option set of common/inference.DUMP_OPTIONS, so each row shows what one option changes, and
-  the best set with Lite's fast-run (algorithm profiling) and weight preprocessing;
+  the best set with Lite runtime settings on top (fast-run algorithm profiling, weight
+  preprocessing, kernel-sequence record/replay, Lite's global layout transform; --lite);
 - PyTorch (.torchvenv, the reference model of tests/torch_ref with the same weights) in deploy
   form: eager, eager with channels_last, TorchScript (trace + freeze), torch.compile.
 Every path's logits are compared with MegEngine's eager deploy form first (max relative
