@@ -3,7 +3,7 @@
 #   make test   set up, then run the whole test suite (what CI runs)
 PY := .venv/bin/python
 
-.PHONY: setup setup-torch run test verify bench bench-train clean
+.PHONY: setup setup-torch run test verify bench bench-train bench-deploy bench-search clean
 
 setup:
 	@scripts/bootstrap.sh main
@@ -14,7 +14,7 @@ setup-torch:
 run: setup
 	$(PY) train.py --arch RepVGG-A0
 
-test: setup
+test: setup setup-torch
 	$(PY) -m pytest -q tests
 
 verify: setup
@@ -26,9 +26,11 @@ bench: setup
 bench-train: setup
 	$(PY) tools/bench_train.py
 
-clean:
-	rm -rf .venv .torchvenv tests/.fixtures .pytest_cache
+bench-deploy: setup setup-torch
+	$(PY) tools/bench_deploy.py
 
-.PHONY: bench-search
 bench-search: setup
 	$(PY) tools/bench_search.py
+
+clean:
+	rm -rf .venv .torchvenv tests/.fixtures .pytest_cache

@@ -1,0 +1,224 @@
+"""tools/export.py and tools/infer.py: a dumped .mge computes what the eager model computes, a
+failed check leaves nothing behind, and inference runs without the model code."""
+import importlib.util
+import os
+import re
+import shutil
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import megengine as mge
+
+import model
+from common import inference
+from common.checkpoint import model_checkpoint, save_checkpoint
+from common.parity import DEFAULT_TOLERANCE, randomize_batchnorm, sample_inputs
+from helpers import ROOT, one_line_error, run_tool
+
+SIZE, BATCH, CLASSES = 64, 2, 10
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location("tool_" + name,
+                                                  os.path.join(ROOT, "tools", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A train-form RepVGG-A0 checkpoint with non-trivial BN, and its export at 64x64."""
+    folder = tmp_path_factory.mktemp("export")
+    rng = np.random.default_rng(7)
+    net = model.get_model("RepVGG-A0", num_classes=CLASSES)
+    randomize_batchnorm(net, rng, sample_inputs(rng, (4, 3, SIZE, SIZE)))
+    ckpt = folder / "a0.pkl"
+    save_checkpoint(model_checkpoint(net, "RepVGG-A0", "train"), ckpt)
+    out = folder / "a0.mge"
+    proc = run_tool("tools/export.py", "--load", ckpt, "--output", out, "--size", SIZE,
+                    "--batch", BATCH, "--threads", 2)
+    assert proc.returncode == 0, proc.stderr
+    assert "dumped vs eager train" in proc.stdout
+    return {"folder": folder, "ckpt": ckpt, "mge": out, "train": net}
+
+
+def relative_error(expected, actual):
+    return float(np.abs(expected - actual).max() / np.abs(expected).max())
+
+
+def test_dumped_graph_equals_eager_train_and_deploy(exported):
+    # Fresh inputs (not the exporter's check batch), another batch size than the dumped one.
+    rng = np.random.default_rng(99)
+    x = sample_inputs(rng, (3, 3, SIZE, SIZE))
+    train = exported["train"]
+    train.eval()
+    expected_train = train(mge.tensor(x)).numpy()
+    expected_deploy = model.convert_to_deploy(train)(mge.tensor(x)).numpy()
+    dumped = inference.DumpedModel(str(exported["mge"]), threads=2)
+    assert dumped.input_shape == (BATCH, 3, SIZE, SIZE) and dumped.num_classes == CLASSES
+    out = dumped(x)
+    assert out.shape == (3, CLASSES)
+    assert relative_error(expected_deploy, out) <= DEFAULT_TOLERANCE
+    assert relative_error(expected_train, out) <= DEFAULT_TOLERANCE
+    assert (out.argmax(1) == expected_train.argmax(1)).all()
+    # The logits depend on the input (a check on constant outputs would prove nothing).
+    assert np.abs(out[0] - out[1]).max() > 100 * np.abs(out - expected_train).max()
+
+
+EXPORT_EACH = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("export", "tools/export.py")
+export = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(export)
+ckpt, folder = sys.argv[1:3]
+for options in sys.argv[3:]:
+    export.main(["--load", ckpt, "--output", "%s/a0_%s.mge" % (folder, options), "--size", "32",
+                 "--options", options, "--threads", "2"])
+"""
+
+
+def test_every_dump_option_set_exports_and_checks(exported):
+    # One process for all option sets (each export checks its file against eager train and
+    # deploy and raises if they differ).
+    others = sorted(set(inference.DUMP_OPTIONS) - {inference.BEST_DUMP_OPTIONS})
+    proc = run_tool("-c", EXPORT_EACH, exported["ckpt"], exported["folder"], *others)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("exported RepVGG-A0") == len(others)
+    for options in others:
+        assert (exported["folder"] / ("a0_%s.mge" % options)).is_file()
+
+
+def test_failed_check_leaves_no_file(exported, tmp_path):
+    export = load_tool("export")
+    x = sample_inputs(np.random.default_rng(3), (BATCH, 3, SIZE, SIZE))
+    other = model.get_model("RepVGG-A0", num_classes=CLASSES)  # different random weights
+    other.eval()
+    wrong = [("another model", other(mge.tensor(x)).numpy())]
+
+    def write(tmp):
+        shutil.copyfile(exported["mge"], tmp)
+
+    def check(tmp):
+        return export.check_dumped(tmp, x, wrong, threads=2)
+
+    target = tmp_path / "out.mge"
+    with pytest.raises(export.ExportCheckError, match="does not match"):
+        export.write_checked(str(target), write, check)
+    assert os.listdir(tmp_path) == []
+    target.write_bytes(b"previous export")
+    with pytest.raises(export.ExportCheckError):
+        export.write_checked(str(target), write, check)
+    assert os.listdir(tmp_path) == ["out.mge"] and target.read_bytes() == b"previous export"
+    # The same check passes on the right reference.
+    train = exported["train"]
+    train.eval()
+    right = [("train", train(mge.tensor(x)).numpy())]
+    export.write_checked(str(target), write, lambda tmp: export.check_dumped(tmp, x, right))
+    assert target.stat().st_size == exported["mge"].stat().st_size
+
+
+def test_preprocess_resizes_crops_and_normalizes():
+    # 90x60 image: left third red, rest blue; the shorter side (60) goes to round(32*256/224)=37
+    # so the image becomes 56x37 (55.5 rounded) and the 32x32 centre crop starts at column 12.
+    a = np.zeros((60, 90, 3), np.uint8)
+    a[:, :30] = (255, 0, 0)
+    a[:, 30:] = (0, 0, 255)
+    x = inference.preprocess_image(Image.fromarray(a), 32)
+    assert x.shape == (3, 32, 32) and x.dtype == np.float32
+    blue = (np.array([0, 0, 255], np.float32) - [123.675, 116.28, 103.53]) / [58.395, 57.12,
+                                                                             57.375]
+    np.testing.assert_allclose(x[:, :, -1], np.repeat(blue[:, None], 32, 1), rtol=1e-5)
+    # columns 0..3 of the crop are columns 12..15 of the resized image, left of the red/blue
+    # boundary at 30 * 37/60 = 18.5 by more than the bilinear kernel's reach: pure red
+    red = (np.array([255, 0, 0], np.float32) - [123.675, 116.28, 103.53]) / [58.395, 57.12,
+                                                                            57.375]
+    for col in range(4):
+        np.testing.assert_allclose(x[:, :, col], np.repeat(red[:, None], 32, 1), rtol=1e-5)
+    assert not np.allclose(x[:, :, 8], red[:, None])  # past the boundary
+
+
+BLOCK_MODEL = """
+import runpy, sys
+class NoModelCode:
+    def find_spec(self, name, path=None, target=None):
+        if name == "model" or name.startswith("model."):
+            raise ImportError("infer.py imported the model code: " + name)
+sys.meta_path.insert(0, NoModelCode())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def write_image(path, seed):
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 255, 96)
+    a = np.stack([np.add.outer(ramp[:80] * rng.uniform(0, 1), ramp * rng.uniform(0, 1)) / 2
+                  + rng.normal(0, 20, (80, 96)) for _ in range(3)], -1)
+    Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(path)
+
+
+def test_infer_top5_without_model_code(exported, tmp_path):
+    images = [tmp_path / "a.png", tmp_path / "b.jpg", tmp_path / "c.png"]
+    for seed, path in enumerate(images):
+        write_image(path, seed)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join("name%d\n" % i for i in range(CLASSES)))
+    proc = run_tool("-c", BLOCK_MODEL, "tools/infer.py", exported["mge"], *images, "--labels",
+                    labels, "--threads", 2)
+    assert proc.returncode == 0, proc.stderr
+    # Expected: the eager train model on the same preprocessed images, softmax in NumPy.
+    train = exported["train"]
+    train.eval()
+    x = np.stack([inference.preprocess_image(p, SIZE) for p in images])
+    logits = train(mge.tensor(x)).numpy().astype(np.float64)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    blocks = proc.stdout.strip().split("\n")
+    assert len(blocks) == 3 * 6
+    for i, path in enumerate(images):
+        assert blocks[6 * i] == str(path)
+        rows = [re.match(r"\s+(\d)\. (name\d+)\s+([\d.]+)%$", line)
+                for line in blocks[6 * i + 1:6 * i + 6]]
+        assert all(rows), blocks
+        printed = [(int(m.group(2)[4:]), float(m.group(3))) for m in rows]
+        assert [int(m.group(1)) for m in rows] == [1, 2, 3, 4, 5]
+        for cls, pct in printed:
+            assert abs(pct - 100 * probs[i, cls]) < 0.006
+        sixth = np.sort(probs[i])[-6]
+        assert min(p for _, p in printed) >= 100 * sixth - 0.006
+        assert printed[0][0] == probs[i].argmax()
+
+
+def test_infer_without_labels_prints_indices(exported, tmp_path):
+    write_image(tmp_path / "a.png", 5)
+    proc = run_tool("tools/infer.py", exported["mge"], tmp_path / "a.png", "--top", 3)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().split("\n")
+    assert len(lines) == 4 and all("class " in l for l in lines[1:])
+
+
+def test_cli_errors_are_one_line(exported, tmp_path):
+    write_image(tmp_path / "a.png", 1)
+    (tmp_path / "bad.mge").write_bytes(b"not a model")
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    cases = [
+        (("tools/export.py", "--load", tmp_path / "missing.pkl", "--output", tmp_path / "o.mge"),
+         "checkpoint not found"),
+        (("tools/export.py", "--random-init", "--output", tmp_path / "o.mge"), "needs --arch"),
+        (("tools/export.py", "--arch", "RepVGG-A9", "--random-init", "--output",
+          tmp_path / "o.mge"), "unknown architecture"),
+        (("tools/infer.py", tmp_path / "bad.mge", tmp_path / "a.png"), "not a loadable"),
+        (("tools/infer.py", exported["mge"], tmp_path / "nope.png"), "image not found"),
+        (("tools/infer.py", exported["mge"], tmp_path / "a.png", "--labels",
+          tmp_path / "labels.txt"), "2 labels but the model has 10 classes"),
+    ]
+    for args, message in cases:
+        proc = run_tool(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert message in one_line_error(proc), args
+    assert not (tmp_path / "o.mge").exists()
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "bad.mge", "labels.txt"]
