@@ -111,7 +111,7 @@ def write_pth(state_dict, path):
     """Write ``{name: array}`` (already in PyTorch layouts) to ``path`` atomically."""
     arrays = []
     for name, array in state_dict.items():
-        array = np.ascontiguousarray(array)
+        array = np.array(array, order="C", copy=False)  # (ascontiguousarray makes 0-d 1-d)
         if array.dtype not in STORAGE_CLASSES:
             raise ConverterError("cannot export %s: dtype %s has no PyTorch storage type"
                                  % (name, array.dtype))

@@ -19,8 +19,7 @@ MAX_HEADER = 100 * 1024 * 1024
 def looks_like_safetensors(buf):
     if len(buf) < 10:
         return False
-    n = int.from_bytes(buf[:8], "little")
-    return 2 <= n <= len(buf) - 8 and buf[8:9] == b"{"
+    return int.from_bytes(buf[:8], "little") >= 2 and buf[8:9] == b"{"
 
 
 def read_safetensors(buf, path):
