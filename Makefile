@@ -3,7 +3,7 @@
 #   make test   set up, then run the whole test suite (what CI runs)
 PY := .venv/bin/python
 
-.PHONY: setup setup-torch run test verify bench clean
+.PHONY: setup setup-torch run test verify bench bench-ckpt clean
 
 setup:
 	@scripts/bootstrap.sh main
@@ -14,7 +14,7 @@ setup-torch:
 run: setup
 	$(PY) verify.py
 
-test: setup
+test: setup setup-torch
 	$(PY) -m pytest -q tests
 
 verify: setup
@@ -22,6 +22,9 @@ verify: setup
 
 bench: setup
 	$(PY) tools/bench.py
+
+bench-ckpt: setup setup-torch
+	$(PY) tools/bench_ckpt.py
 
 clean:
 	rm -rf .venv .torchvenv tests/.fixtures .pytest_cache

@@ -1,4 +1,5 @@
 """PyTorch checkpoint -> MegEngine model: read, find the weights, map, load strictly, fuse."""
+import contextlib
 import logging
 import types
 
@@ -10,7 +11,7 @@ from common.checkpoint import (CheckpointError, check_state_dict, detect_form,
 from .errors import ConverterError
 from .mapping import extract_state_dict, to_megengine
 from .safetensors_reader import looks_like_safetensors, read_safetensors
-from .torch_reader import ZIP_MAGIC, map_file, read_torch_file
+from .torch_reader import ZIP_MAGIC, map_file, read_torch_file, release_pages
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,30 @@ def _builder(arch):
     return build, arch
 
 
+def _no_op(*args, **kwargs):
+    return None
+
+
+@contextlib.contextmanager
+def _skip_random_init():
+    """Build a model without computing its random initial values (MegEngine modules call the
+    in-place initializers of ``megengine.module.init`` while constructing): the strict load that
+    follows overwrites every parameter and buffer. For RepVGG-B3 this saves most of the time
+    and a copy of the weights. The initializers are restored on exit."""
+    from megengine.module import init
+
+    names = [n for n in dir(init) if n.endswith("_") and not n.startswith("_")
+             and callable(getattr(init, n))]
+    saved = {n: getattr(init, n) for n in names}
+    try:
+        for name in names:
+            setattr(init, name, _no_op)
+        yield
+    finally:
+        for name, func in saved.items():
+            setattr(init, name, func)
+
+
 def convert(path, arch, deploy=False, ema=False):
     """Build ``arch`` and load the weights of the PyTorch checkpoint ``path`` into it, strictly.
 
@@ -73,16 +98,28 @@ def _convert(path, arch, deploy, ema):
     del obj
     form = detect_form(state_dict)
     num_classes = infer_num_classes(state_dict)
-    model = build(deploy=form == "deploy", num_classes=num_classes)
-    # Shapes and dtypes only (zero-stride arrays): the strict check needs no copy of the model.
-    expected = {k: np.broadcast_to(np.zeros((), v.dtype), v.shape)
-                for k, v in model.state_dict().items()}
+    with _skip_random_init():
+        model = build(deploy=form == "deploy", num_classes=num_classes)
+    # Shapes and dtypes only (zero-stride arrays) from the model's tensors (keep_var: no copy to
+    # NumPy, which would also wait for the random initialisation to be computed).
+    expected = {k: np.broadcast_to(np.zeros((), np.dtype(v.dtype)), tuple(v.shape))
+                for k, v in model.state_dict(keep_var=True).items()}
     mapped, casts = to_megengine(state_dict, expected)
     del state_dict
     check_state_dict(types.SimpleNamespace(state_dict=lambda: expected), mapped,
                      "%s (%s, %s form, weights at %s)" % (path, arch_name, form, where))
-    model.load_state_dict(mapped, strict=True)
-    del mapped
+    previous = []
+
+    def load_one(key, var):  # MegEngine copies the array we return into the model
+        for array in previous:
+            release_pages(array)
+        previous[:] = [mapped[key]]
+        return np.asarray(mapped[key])
+
+    model.load_state_dict(load_one, strict=True)  # every key is there: checked above
+    for array in previous:
+        release_pages(array)
+    del mapped, previous
     if deploy and form == "train":
         from model import convert_to_deploy
         convert_to_deploy(model, inplace=True)

@@ -45,6 +45,27 @@ def map_file(path):
         raise ConverterError("cannot read %s: permission denied" % path) from None
 
 
+def release_pages(array):
+    """Let the kernel drop the resident pages of the memory-mapped file under ``array``.
+
+    The map is read-only and file-backed, so the data stays valid: pages are read again from
+    the page cache if touched later. Used once a tensor has been copied into the model, so that
+    resident memory holds about one copy of the weights, not two. No-op for other arrays."""
+    base = array
+    while not isinstance(base, mmap.mmap):  # views, as_strided's DummyArray, memoryview
+        base = base.obj if isinstance(base, memoryview) else getattr(base, "base", None)
+        if base is None:
+            return
+    if array.size == 0:
+        return
+    start = np.frombuffer(base, dtype=np.uint8, count=1).__array_interface__["data"][0]
+    low, high = np.byte_bounds(array)
+    first = (low - start) // mmap.PAGESIZE * mmap.PAGESIZE
+    last = min(len(base), -(-(high - start) // mmap.PAGESIZE) * mmap.PAGESIZE)
+    if 0 <= first < last:
+        base.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
 def _bytes_at(buf, start, length, what):
     """A zero-copy uint8 view of ``buf[start:start+length]``, bounds-checked."""
     if start < 0 or length < 0 or start + length > len(buf):
