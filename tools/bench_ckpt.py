@@ -74,7 +74,8 @@ OPERATIONS = [
     ("read", sys.executable, "ckpt_converter.read_checkpoint (arrays = views of the mapped file)"),
     ("read+copy", sys.executable, "read_checkpoint + copy every tensor into RAM (= torch.load's work)"),
     ("convert", sys.executable, "ckpt_converter.convert -> MegEngine RepVGG-B3 with the weights"),
-    ("cli", sys.executable, "python -m ckpt_converter ... -o b3.pkl (convert + write)"),
+    ("cli", sys.executable, "python -m ckpt_converter ... -o b3.pkl (convert + write; the "
+     "command also sets glibc's mmap threshold so freed blocks go back to the OS)"),
 ]
 
 
