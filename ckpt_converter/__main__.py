@@ -75,9 +75,10 @@ def _same_file(a, b):
 def run_import(args):
     return_freed_memory_to_os()
     use_device(args.device)
-    from common.checkpoint import model_checkpoint, save_checkpoint
+    from common.checkpoint import infer_num_classes, save_checkpoint
 
     from . import convert
+    from .importer import numpy_state_dict
 
     if _same_file(args.input, args.output):
         raise cli.UserError("--output would overwrite the input; choose another path")
@@ -92,7 +93,11 @@ def run_import(args):
         print("  cast %s: %d tensors" % (cast, count))
     if report["output_form"] != report["form"]:
         print("fused to deploy form")
-    save_checkpoint(model_checkpoint(model, report["arch"], report["output_form"]), args.output)
+    # model_checkpoint's format, with the fast state dict (see importer.numpy_state_dict)
+    state_dict = numpy_state_dict(model)
+    save_checkpoint({"arch": report["arch"], "form": report["output_form"],
+                     "num_classes": infer_num_classes(state_dict), "state_dict": state_dict},
+                    args.output)
     print("wrote %s (%s, %s form)" % (args.output, report["arch"], report["output_form"]))
     return 0
 

@@ -50,24 +50,33 @@ def _builder(arch):
     return build, arch
 
 
-def expected_arrays(model):
-    """{key: zero-stride array with the shape and dtype of ``model.state_dict()[key]``}.
+def _state_tensors(model):
+    """``(key, tensor, flatten)`` for every entry of ``model.state_dict()``, read directly.
 
-    What the strict check needs, without copying the weights to NumPy (``state_dict()`` would,
-    and in MegEngine 1.13 it also re-reshapes BatchNorm entries at every nesting level, which
-    costs seconds on RepVGG-B3). BatchNorm tensors are 4-D inside MegEngine and 1-D in
-    ``state_dict()``, as here.
+    MegEngine 1.13's ``state_dict()`` re-reshapes the BatchNorm entries at every nesting level,
+    which costs seconds on RepVGG-B3; this walks parameters and buffers once. BatchNorm tensors
+    are 4-D inside MegEngine and 1-D in ``state_dict()`` (``flatten``).
     """
     import megengine.module as M
 
     modules = dict(model.named_modules())
-    expected = {}
     for key, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-        shape = tuple(tensor.shape)
-        if isinstance(modules[key.rpartition(".")[0]], (M.BatchNorm1d, M.BatchNorm2d)):
-            shape = (int(np.prod(shape)),)
-        expected[key] = np.broadcast_to(np.zeros((), np.dtype(tensor.dtype)), shape)
-    return expected
+        owner = modules[key.rpartition(".")[0]]
+        yield key, tensor, isinstance(owner, (M.BatchNorm1d, M.BatchNorm2d))
+
+
+def expected_arrays(model):
+    """{key: zero-stride array with the shape and dtype of ``model.state_dict()[key]``}: what
+    the strict check needs, without copying any weights."""
+    return {key: np.broadcast_to(np.zeros((), np.dtype(t.dtype)),
+                                 (int(np.prod(t.shape)),) if flat else tuple(t.shape))
+            for key, t, flat in _state_tensors(model)}
+
+
+def numpy_state_dict(model):
+    """``model.state_dict()`` (NumPy arrays, same keys and shapes), computed faster."""
+    return {key: t.numpy().reshape(-1) if flat else t.numpy()
+            for key, t, flat in _state_tensors(model)}
 
 
 def _no_op(*args, **kwargs):

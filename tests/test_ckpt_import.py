@@ -131,12 +131,23 @@ def test_strict_mismatch_names_keys(torch_fixtures):  # noqa: F811
         convert(src, "RepVGG-Z9")
 
 
-@pytest.mark.parametrize("arch", ["RepVGG-A0", "RepVGG-B1g2", "RepVGGplus-L2pse"])
+SMALL_SPECS = {
+    "g2_se": {"family": "RepVGG", "num_blocks": [1, 2, 2, 1], "width": [0.5] * 4, "groups": 2,
+              "use_se": True},
+    "plus": {"family": "RepVGGplus", "num_blocks": [2, 2, 2, 1], "width": [0.25] * 3 + [0.5]},
+}
+
+
+@pytest.mark.parametrize("spec", sorted(SMALL_SPECS))
 @pytest.mark.parametrize("deploy", [False, True])
-def test_expected_shapes_match_state_dict(arch, deploy):
+def test_expected_shapes_match_state_dict(spec, deploy):
     """The strict check reads shapes without state_dict(); they must be state_dict()'s."""
-    import model
-    from ckpt_converter.importer import expected_arrays
-    net = model.get_model(arch, deploy=deploy, num_classes=10)
+    from ckpt_converter.importer import expected_arrays, numpy_state_dict
+    net = megengine_builder(SMALL_SPECS[spec])(deploy=deploy, num_classes=10)
+    reference = net.state_dict()
     ours = {k: (v.shape, v.dtype) for k, v in expected_arrays(net).items()}
-    assert ours == {k: (v.shape, v.dtype) for k, v in net.state_dict().items()}
+    assert ours == {k: (v.shape, v.dtype) for k, v in reference.items()}
+    fast = numpy_state_dict(net)
+    assert set(fast) == set(reference)
+    for key, value in reference.items():
+        np.testing.assert_array_equal(fast[key], value, err_msg=key)

@@ -197,3 +197,10 @@ def test_missing_input_and_folder(tmp_path):
         load_torch_checkpoint(str(tmp_path / "nope.pth"))
     with pytest.raises(ConverterError, match="is a folder"):
         load_torch_checkpoint(str(tmp_path))
+
+
+def test_missing_torch_venv_fails_not_skips(monkeypatch, tmp_path):
+    import ckpt_fixtures
+    monkeypatch.setattr(ckpt_fixtures, "TORCH_PY", str(tmp_path / "no-python"))
+    with pytest.raises(pytest.fail.Exception, match="make setup-torch"):
+        ckpt_fixtures.require_torch_venv()
