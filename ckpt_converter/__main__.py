@@ -78,7 +78,7 @@ def run_import(args):
     from common.checkpoint import infer_num_classes, save_checkpoint
 
     from . import convert
-    from .importer import numpy_state_dict
+    from .model_io import numpy_state_dict
 
     if _same_file(args.input, args.output):
         raise cli.UserError("--output would overwrite the input; choose another path")
@@ -93,7 +93,7 @@ def run_import(args):
         print("  cast %s: %d tensors" % (cast, count))
     if report["output_form"] != report["form"]:
         print("fused to deploy form")
-    # model_checkpoint's format, with the fast state dict (see importer.numpy_state_dict)
+    # model_checkpoint's format, with the fast state dict (see model_io.numpy_state_dict)
     state_dict = numpy_state_dict(model)
     save_checkpoint({"arch": report["arch"], "form": report["output_form"],
                      "num_classes": infer_num_classes(state_dict), "state_dict": state_dict},

@@ -142,7 +142,7 @@ SMALL_SPECS = {
 @pytest.mark.parametrize("deploy", [False, True])
 def test_expected_shapes_match_state_dict(spec, deploy):
     """The strict check reads shapes without state_dict(); they must be state_dict()'s."""
-    from ckpt_converter.importer import expected_arrays, numpy_state_dict
+    from ckpt_converter.model_io import expected_arrays, numpy_state_dict
     net = megengine_builder(SMALL_SPECS[spec])(deploy=deploy, num_classes=10)
     reference = net.state_dict()
     ours = {k: (v.shape, v.dtype) for k, v in expected_arrays(net).items()}
