@@ -27,6 +27,7 @@ LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 ZIP_MAGIC = b"PK\x03\x04"
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... name length, extra length
+MAX_INFLATION = 1100  # deflate's best ratio is about 1032:1
 
 
 def map_file(path):
@@ -114,7 +115,7 @@ def read_zip(buf, path):
                              "<archive>/data.pkl)" % path)
     prefix = pickles[0][:-len("data.pkl")]
     byteorder = members.get(prefix + "byteorder")
-    if byteorder is not None and _member_bytes(buf, byteorder, path).tobytes() != b"little":
+    if byteorder is not None and _member_bytes(buf, byteorder, path, archive).tobytes() != b"little":
         raise ConverterError("%s was saved on a big-endian machine; not supported" % path)
     data = _member_bytes(buf, members[pickles[0]], path, archive).tobytes()
     tree, unpickler = unpickle(data, path)
@@ -123,6 +124,10 @@ def read_zip(buf, path):
         info = members.get(prefix + "data/" + ref.key)
         if info is None:
             raise ConverterError("%s: storage %s is missing from the archive" % (path, ref.key))
+        expected = ref.numel * element_size(ref.dtype)
+        if info.file_size != expected:  # checked before reading (or inflating) anything
+            raise ConverterError("%s: storage %s holds %d bytes, its record says %d"
+                                 % (path, ref.key, info.file_size, expected))
         return _member_bytes(buf, info, path, archive)
 
     return tree, unpickler, storage_bytes
@@ -167,6 +172,9 @@ def _member_bytes(buf, info, path, archive=None):
         return _bytes_at(buf, start, info.file_size, what)
     if archive is None:
         raise ConverterError("%s is compressed" % what)
+    if info.file_size > MAX_INFLATION * info.compress_size + 2 ** 20:
+        raise ConverterError("%s claims to inflate %d bytes to %d (a zip bomb?)"
+                             % (what, info.compress_size, info.file_size))
     try:  # torch never compresses, but a re-zipped checkpoint may be
         return np.frombuffer(archive.read(info), dtype=np.uint8)
     except Exception as e:

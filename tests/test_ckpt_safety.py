@@ -133,6 +133,31 @@ def test_good_files_read(good_files):
         np.testing.assert_array_equal(obj["a"], np.arange(64, dtype=np.float32))
 
 
+def test_recompressed_zip_reads_and_bomb_is_refused(good_files, tmp_path):
+    src = zipfile.ZipFile(good_files["zip"])
+    deflated = tmp_path / "deflated.pth"
+    with zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as z:
+        for info in src.infolist():
+            z.writestr(info.filename, src.read(info))
+    obj = load_torch_checkpoint(str(deflated))
+    np.testing.assert_array_equal(obj["b"], np.ones((8, 8), np.float32))
+    # A member whose header claims 1 GiB inflated from a few bytes (a lying zip header).
+    fake = types.SimpleNamespace(dtype=np.dtype(np.float32), size=2 ** 28, shape=(2 ** 28,),
+                                 ndim=1)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data.pkl", _PickleWriter().state_dict([("w", fake)]))
+        z.writestr("archive/data/0", b"\0" * 4096)
+    data = bytearray(buf.getvalue())
+    entry = data.rfind(b"archive/data/0") - 46  # its central-directory record
+    assert data[entry:entry + 4] == b"PK\x01\x02"
+    data[entry + 24:entry + 28] = struct.pack("<I", 2 ** 30)  # uncompressed size
+    bomb = tmp_path / "bomb.pth"
+    bomb.write_bytes(bytes(data))
+    with pytest.raises(ConverterError, match="zip bomb"):
+        load_torch_checkpoint(str(bomb))
+
+
 BAD = {
     "empty": (lambda g: b"", "is empty"),
     "random": (lambda g: np.random.default_rng(0).bytes(4096), "not a PyTorch checkpoint"),
