@@ -21,8 +21,9 @@ EPILOG = "To write a MegEngine checkpoint back as a PyTorch .pth: %(prog)s expor
 
 
 def parse_import_args(argv):
-    p = argparse.ArgumentParser(prog="python -m ckpt_converter", description=__doc__.split("\n\n")[0],
-                                epilog=EPILOG, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m ckpt_converter",
+                                description=__doc__.split("\n\n")[0], epilog=EPILOG,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("input", metavar="INPUT",
                    help="PyTorch checkpoint: torch.save file (.pth/.pt, zip or legacy format) or "
                         ".safetensors; a bare state dict, a {'state_dict'|'model': ...} wrapper or "

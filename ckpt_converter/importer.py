@@ -97,7 +97,8 @@ def _convert(path, arch, deploy, ema):
         from model import convert_to_deploy
         convert_to_deploy(model, inplace=True)
     model.eval()
+    output_form = "deploy" if deploy or form == "deploy" else "train"
     report = dict(info, arch=arch_name, source=where, form=form, num_classes=num_classes,
-                  casts=dict(casts), output_form="deploy" if deploy or form == "deploy" else "train")
+                  casts=dict(casts), output_form=output_form)
     log.info("converted %s: %s", path, report)
     return model, report

@@ -49,7 +49,8 @@ def read_safetensors(buf, path):
             raise ConverterError("%s points outside the file (bytes %d..%d of %d)"
                                  % (what, begin, end, data_len))
         itemsize = 2 if dtype == BFLOAT16 else np.dtype(dtype).itemsize
-        if min(shape, default=0) < 0 or int(np.prod(shape, dtype=np.int64)) * itemsize != end - begin:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * itemsize
+        if min(shape, default=0) < 0 or nbytes != end - begin:
             raise ConverterError("%s: shape %s of %s does not match its %d bytes"
                                  % (what, shape, dtype, end - begin))
         stride = [int(np.prod(shape[i + 1:], dtype=np.int64)) for i in range(len(shape))]

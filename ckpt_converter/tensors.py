@@ -36,8 +36,9 @@ def strided_view(raw, dtype, offset, size, stride, what="tensor"):
     """
     if dtype not in STORAGE_DTYPES:
         raise ConverterError("%s has unsupported dtype %s" % (what, dtype))
-    if not (_is_int(offset) and isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list))
-            and len(size) == len(stride) and all(map(_is_int, size)) and all(map(_is_int, stride))):
+    sequences = isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list))
+    if not (_is_int(offset) and sequences and len(size) == len(stride)
+            and all(map(_is_int, size)) and all(map(_is_int, stride))):
         raise ConverterError("%s has a malformed shape/stride record" % what)
     if offset < 0 or any(s < 0 for s in size) or any(s < 0 for s in stride):
         raise ConverterError("%s has a negative offset, size or stride" % what)

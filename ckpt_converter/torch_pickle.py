@@ -166,7 +166,8 @@ class TorchUnpickler(SafeUnpickler):
             raise
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] in ("storage", b"storage")):
+        if not (isinstance(pid, tuple) and len(pid) in (5, 6)
+                and pid[0] in ("storage", b"storage")):
             raise UnsafePickleError("unknown persistent id in the pickle: %.80r" % (pid,))
         storage_type, key, _location, numel = pid[1:5]
         view = pid[5] if len(pid) == 6 else None

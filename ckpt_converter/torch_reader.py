@@ -115,7 +115,8 @@ def read_zip(buf, path):
                              "<archive>/data.pkl)" % path)
     prefix = pickles[0][:-len("data.pkl")]
     byteorder = members.get(prefix + "byteorder")
-    if byteorder is not None and _member_bytes(buf, byteorder, path, archive).tobytes() != b"little":
+    if byteorder is not None \
+            and _member_bytes(buf, byteorder, path, archive).tobytes() != b"little":
         raise ConverterError("%s was saved on a big-endian machine; not supported" % path)
     data = _member_bytes(buf, members[pickles[0]], path, archive).tobytes()
     tree, unpickler = unpickle(data, path)

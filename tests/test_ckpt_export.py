@@ -7,8 +7,8 @@ import numpy as np
 import megengine as mge
 
 from ckpt_converter import convert, export_pth
-from ckpt_fixtures import (TORCH_REF, assert_logits_close, megengine_builder, run_torch,  # noqa: F401
-                           torch_fixtures)
+from ckpt_fixtures import (TORCH_REF, assert_logits_close, megengine_builder, run_torch,
+                           torch_fixtures)  # noqa: F401
 from common.checkpoint import model_checkpoint, save_checkpoint
 from helpers import run_tool
 
@@ -48,7 +48,8 @@ def test_export_round_trip_through_pytorch(torch_fixtures, tmp_path):  # noqa: F
 def test_exported_file_reads_back_without_torch(tmp_path):
     from ckpt_converter import load_torch_checkpoint
     arrays = {"conv.weight": np.arange(2 * 3 * 4 * 3 * 3, dtype=np.float32).reshape(2, 3, 4, 3, 3),
-              "conv.bias": np.ones((1, 6, 1, 1), np.float32), "bn.running_var": np.ones(6, np.float32),
+              "conv.bias": np.ones((1, 6, 1, 1), np.float32),
+              "bn.running_var": np.ones(6, np.float32),
               "h": np.arange(3, dtype=np.float16), "i": np.array([1, 2 ** 40], np.int64)}
     path = str(tmp_path / "x.pth")
     export_pth(arrays, path)

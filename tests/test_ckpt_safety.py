@@ -158,7 +158,9 @@ def test_recompressed_zip_reads_and_bomb_is_refused(good_files, tmp_path):
         load_torch_checkpoint(str(bomb))
 
 
-BAD = {
+F32x4 = {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}
+
+BAD = {  # name: (make the file from the good files, what the error says)
     "empty": (lambda g: b"", "is empty"),
     "random": (lambda g: np.random.default_rng(0).bytes(4096), "not a PyTorch checkpoint"),
     "text": (lambda g: b"hello world\n" * 10, "not a PyTorch checkpoint"),
@@ -166,23 +168,31 @@ BAD = {
     "zip_truncated_end": (lambda g: truncated(g["zip"], 0.99), "not a readable zip"),
     "zip_not_torch": (lambda g: _plain_zip(), "not a PyTorch checkpoint"),
     "zip_bad_pickle": (lambda g: as_zip(b"\x80\x02}q\x00(X"), "corrupt pickle"),
-    "zip_missing_storage": (lambda g: as_zip(_PickleWriter().state_dict(
-        [("w", np.zeros(4, np.float32))])), "storage 0 is missing"),
-    "zip_storage_too_small": (lambda g: tensor_zip(100, (100,), 40), "holds 40 bytes, its record says 400"),
-    "zip_tensor_beyond_storage": (lambda g: tensor_zip(10, (20,), 40), "reaches element 19 but its storage holds only 10"),
+    "zip_missing_storage": (
+        lambda g: as_zip(_PickleWriter().state_dict([("w", np.zeros(4, np.float32))])),
+        "storage 0 is missing"),
+    "zip_storage_too_small": (
+        lambda g: tensor_zip(100, (100,), 40), "holds 40 bytes, its record says 400"),
+    "zip_tensor_beyond_storage": (
+        lambda g: tensor_zip(10, (20,), 40), "reaches element 19 but its storage holds only 10"),
     "legacy_truncated": (lambda g: truncated(g["legacy"], 0.9), "outside the file"),
     "legacy_truncated_pickle": (lambda g: truncated(g["legacy"], 0.3), "corrupt"),
-    "safetensors_truncated": (lambda g: truncated(g["safetensors"], 0.7), "points outside the file"),
-    "safetensors_header_too_long": (lambda g: safetensors({"a": {}}, header_len=10 ** 6), "exceeds the file"),
-    "safetensors_offsets_outside": (lambda g: safetensors(
-        {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 10 ** 9]}}, b"\0" * 16), "points outside the file"),
-    "safetensors_shape_mismatch": (lambda g: safetensors(
-        {"a": {"dtype": "F32", "shape": [5], "data_offsets": [0, 16]}}, b"\0" * 16), "does not match its 16 bytes"),
-    "safetensors_overlap": (lambda g: safetensors(
-        {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
-         "b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}, b"\0" * 16), "overlap"),
-    "safetensors_bad_dtype": (lambda g: safetensors(
-        {"a": {"dtype": "X9", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 16), "malformed or unsupported"),
+    "safetensors_truncated": (
+        lambda g: truncated(g["safetensors"], 0.7), "points outside the file"),
+    "safetensors_header_too_long": (
+        lambda g: safetensors({"a": {}}, header_len=10 ** 6), "exceeds the file"),
+    "safetensors_offsets_outside": (
+        lambda g: safetensors({"a": dict(F32x4, data_offsets=[0, 10 ** 9])}, b"\0" * 16),
+        "points outside the file"),
+    "safetensors_shape_mismatch": (
+        lambda g: safetensors({"a": dict(F32x4, shape=[5])}, b"\0" * 16),
+        "does not match its 16 bytes"),
+    "safetensors_overlap": (
+        lambda g: safetensors({"a": F32x4, "b": dict(F32x4, shape=[2], data_offsets=[8, 16])},
+                              b"\0" * 16), "overlap"),
+    "safetensors_bad_dtype": (
+        lambda g: safetensors({"a": dict(F32x4, dtype="X9")}, b"\0" * 16),
+        "malformed or unsupported"),
 }
 
 

@@ -6,7 +6,8 @@ Writes a train-form RepVGG-B3 state dict (official names and shapes, random valu
 with real PyTorch in a temporary folder, then measures each operation in a fresh process:
 wall time of the operation itself (imports excluded) and the process's peak resident memory
 (VmHWM of /proc/self/status, i.e. the peak RSS of that process alone; ru_maxrss would
-include the parent's peak, as Linux carries it across exec), also shown as the increase over the process's peak right after its imports.
+include the parent's peak, as Linux carries it across exec), also shown as the increase over
+the process's peak right after its imports.
 Needs the PyTorch venv (.torchvenv, `make setup-torch`).
 """
 import argparse
@@ -72,7 +73,8 @@ torch.save(sd, sys.argv[2])
 OPERATIONS = [
     ("torch.load", TORCH_PY, "torch.load(path) (torch 2.13, Python 3.11)"),
     ("read", sys.executable, "ckpt_converter.read_checkpoint (arrays = views of the mapped file)"),
-    ("read+copy", sys.executable, "read_checkpoint + copy every tensor into RAM (= torch.load's work)"),
+    ("read+copy", sys.executable,
+     "read_checkpoint + copy every tensor into RAM (= torch.load's work)"),
     ("convert", sys.executable, "ckpt_converter.convert -> MegEngine RepVGG-B3 with the weights"),
     ("cli", sys.executable, "python -m ckpt_converter ... -o b3.pkl (convert + write; the "
      "command also sets glibc's mmap threshold so freed blocks go back to the OS)"),

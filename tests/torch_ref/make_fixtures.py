@@ -211,7 +211,8 @@ def main(out):
 
     tensors, expected = assorted_dtypes()
     torch.save(tensors, os.path.join(out, "dtypes_zip.pth"))
-    torch.save(tensors, os.path.join(out, "dtypes_legacy.pth"), _use_new_zipfile_serialization=False)
+    torch.save(tensors, os.path.join(out, "dtypes_legacy.pth"),
+               _use_new_zipfile_serialization=False)
     save_safetensors({k: v for k, v in tensors.items() if k not in ("transposed", "row_slice")},
                      os.path.join(out, "dtypes.safetensors"))
     np.savez(os.path.join(out, "dtypes_expected.npz"), **expected)
