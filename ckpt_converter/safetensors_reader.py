@@ -12,6 +12,7 @@ from .tensors import BFLOAT16, strided_view
 
 DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": BFLOAT16,
           "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+          "U16": "uint16", "U32": "uint32", "U64": "uint64",
           "BOOL": "bool"}
 MAX_HEADER = 100 * 1024 * 1024
 

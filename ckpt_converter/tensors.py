@@ -16,7 +16,8 @@ BFLOAT16 = "bfloat16"
 STORAGE_DTYPES = {
     "float64": np.float64, "float32": np.float32, "float16": np.float16, BFLOAT16: np.uint16,
     "int64": np.int64, "int32": np.int32, "int16": np.int16, "int8": np.int8,
-    "uint8": np.uint8, "bool": np.bool_, "complex64": np.complex64, "complex128": np.complex128,
+    "uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64,
+    "bool": np.bool_, "complex64": np.complex64, "complex128": np.complex128,
 }
 
 

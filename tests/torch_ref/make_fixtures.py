@@ -106,7 +106,8 @@ def fake_yacs_config():
 
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
                       torch.float64: "F64", torch.int64: "I64", torch.int32: "I32",
-                      torch.uint8: "U8", torch.bool: "BOOL"}
+                      torch.uint8: "U8", torch.uint16: "U16", torch.uint32: "U32",
+                      torch.bool: "BOOL"}
 
 
 def save_safetensors(tensors, path):
@@ -136,6 +137,8 @@ def assorted_dtypes():
         "i64": torch.tensor([-(2 ** 40), 0, 2 ** 62]),
         "i32": torch.tensor([-7, 9], dtype=torch.int32),
         "u8": torch.tensor([0, 255], dtype=torch.uint8),
+        "u16": torch.tensor([1, 65535, 7], dtype=torch.uint16)[1:],  # _rebuild_tensor_v3, offset
+        "u32": torch.tensor([7, 2 ** 32 - 1], dtype=torch.uint32),
         "bool": torch.tensor([True, False, True]),
         "scalar": torch.tensor(2.5),
         "empty": torch.zeros(0, 3),
