@@ -3,7 +3,7 @@
 #   make test   set up, then run the whole test suite (what CI runs)
 PY := .venv/bin/python
 
-.PHONY: setup setup-torch run test verify bench bench-train bench-deploy bench-search clean
+.PHONY: setup setup-torch run test verify bench bench-ckpt bench-train bench-deploy bench-search clean
 
 setup:
 	@scripts/bootstrap.sh main
@@ -22,6 +22,9 @@ verify: setup
 
 bench: setup
 	$(PY) tools/bench.py
+
+bench-ckpt: setup setup-torch
+	$(PY) tools/bench_ckpt.py
 
 bench-train: setup
 	$(PY) tools/bench_train.py

@@ -40,12 +40,31 @@ class UnsafePickleError(Exception):
 class Placeholder:
     """Stands in for an object of a class that is not allowed. Stores, never executes."""
 
-    def __init__(self, *args):
+    def __new__(cls, *args, **kwargs):
+        # Set up in __new__: pickle protocol 2+ creates objects with cls.__new__ (NEWOBJ) and
+        # never calls __init__.
+        self = super().__new__(cls)
         self.args = args
+        self.kwargs = kwargs
         self.state = None
+        self.items = {}  # filled when the class was a dict subclass (e.g. yacs CfgNode)
+        self.list = []  # filled when the class was a list subclass
+        return self
+
+    def __init__(self, *args, **kwargs):
+        pass
 
     def __setstate__(self, state):
         self.state = state
+
+    def __setitem__(self, key, value):
+        self.items[key] = value
+
+    def append(self, value):
+        self.list.append(value)
+
+    def extend(self, values):
+        self.list.extend(values)
 
     def __repr__(self):
         return "<placeholder for %s>" % self.qualname

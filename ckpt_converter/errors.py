@@ -1,0 +1,6 @@
+"""The one error type of the converter: a file or a request the user can fix."""
+from common.checkpoint import CheckpointError
+
+
+class ConverterError(CheckpointError):
+    """An unreadable, unsafe or unfitting checkpoint; printed by the CLI as one line."""
