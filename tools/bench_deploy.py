@@ -51,23 +51,11 @@ LITE_EXTRAS = {"fastrun": {"fastrun": True},
 
 
 def torch_weights_file(model, path):
-    """Write ``model``'s deploy-form weights for the PyTorch reference model (official names).
+    """Write ``model``'s deploy-form weights as a PyTorch ``.pth`` (official names) with the
+    project's own exporter, so the PyTorch side loads exactly what a user's export gives."""
+    from ckpt_converter import export_pth
 
-    MERGE NOTE: stand-in for the ckpt branch's ``ckpt_converter.export_pth(state_dict, path)``
-    (issue 3); once merged, replace the body with that call and a ``.pth`` path (the worker
-    reads both). MegEngine's grouped kernels (groups, out/g, in/g, k, k) become PyTorch's
-    (out, in/g, k, k) and conv biases (1, C, 1, 1) become (C,).
-    """
-    arrays = {}
-    for key, value in model.state_dict().items():
-        value = np.asarray(value)
-        if key.endswith("weight") and value.ndim == 5:
-            value = value.reshape(-1, *value.shape[2:])
-        elif key.endswith("bias") and value.ndim == 4:
-            value = value.reshape(-1)
-        arrays[key] = value
-    np.savez(path, **arrays)
-    return path
+    return export_pth(model.state_dict(), path)
 
 
 def fma_bound_gflops(threads):
@@ -231,7 +219,7 @@ def bench_model(arch, args, folder, worker, rng):
     shape = (1, 3, args.size, args.size)
     macs = {"train": count_ops(train, shape)["flops"], "deploy": count_ops(deploy, shape)["flops"]}
     if worker is not None:
-        weights = torch_weights_file(deploy, os.path.join(folder, "%s.npz" % arch))
+        weights = torch_weights_file(deploy, os.path.join(folder, "%s.pth" % arch))
         reply = worker.request("load", arch=arch, weights=weights, num_classes=1000)
         if "error" in reply:
             raise UserError("PyTorch could not load the weights: %s" % reply["error"])

@@ -5,7 +5,7 @@ the benchmark can interleave single timed forward passes of PyTorch and MegEngin
 run at the same time; both get all threads). Commands:
 
     {"cmd": "setup", "threads": 2}
-    {"cmd": "load", "arch": "RepVGG-A0", "weights": "w.npz", "num_classes": 1000}
+    {"cmd": "load", "arch": "RepVGG-A0", "weights": "w.pth", "num_classes": 1000}
     {"cmd": "prepare", "mode": "eager", "input": "x.npy"}  -> {"logits": "out.npy", "seconds"}
     {"cmd": "time", "mode": "eager"}                       -> {"seconds": ...}
     {"cmd": "peak_conv", "shape": [N, C, H, W], "runs": 5}  -> {"seconds": ...}
@@ -35,11 +35,7 @@ import repvgg_ref  # noqa: E402
 
 
 def read_weights(path):
-    """Official-name state dict from an .npz (or a .pth once the ckpt branch's export_pth is
-    used for the benchmark)."""
-    if path.endswith(".npz"):
-        with np.load(path) as arrays:
-            return {k: torch.from_numpy(arrays[k]) for k in arrays.files}
+    """The official-name state dict the exporter (``ckpt_converter.export_pth``) wrote."""
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
