@@ -30,6 +30,12 @@ find_python() {  # find_python 3.10 -> path of an interpreter of that version, o
     return 1
 }
 
+pip_install() {  # pip_install DIR PIP-ARGS...
+    local dir=$1; shift
+    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check "$@" 2>&1 \
+        | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
+}
+
 # make_venv DIR VERSION OVERRIDE STAMP-CONTENT PIP-ARGS...
 make_venv() {
     local dir=$1 version=$2 override=$3 stamp=$4; shift 4
@@ -45,8 +51,8 @@ make_venv() {
     echo "setting up $dir with $py" >&2
     rm -rf "$dir"
     "$py" -m venv "$dir"
-    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check "$@" 2>&1 \
-        | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
+    pip_install "$dir" "$@"
+    [ -n "${EXTRA_NODEPS:-}" ] && pip_install "$dir" --no-deps $EXTRA_NODEPS
     # pip's exit status is lost in the pipe above: check the install really worked
     "$dir/bin/python" -c "$CHECK" || { echo "error: installing into $dir failed" >&2; exit 1; }
     echo "$stamp" > "$dir/.stamp"
@@ -60,8 +66,16 @@ case "${1:-main}" in
     torch)
         # torch 2.13.0's CPU wheel lies on this machine's local index; never ask for another version
         # (that pulls a multi-GB CUDA build).
-        CHECK='import torch; assert torch.__version__.startswith("2.13.0")'
-        make_venv .torchvenv 3.11 "${PYTHON311:-}" "torch==2.13.0 numpy" "torch==2.13.0" numpy
+        # Besides torch: the real libraries that write test fixtures (yacs for the official training
+        # checkpoint's config, timm) and the inference peers of the deploy benchmark (ONNX Runtime,
+        # OpenVINO). timm and torchvision go in without their dependencies: any torchvision but the
+        # one built for torch 2.13 would pull another torch.
+        TORCH_EXTRAS="numpy onnx==1.23.* onnxruntime==1.23.* openvino==2026.4.* yacs==0.1.8 pyyaml huggingface_hub safetensors"
+        EXTRA_NODEPS="torchvision==0.28.* timm==1.0.*"
+        # torchvision's import registers kernels for ops its CPU-less wheel lacks; the fixture script
+        # guards that, so only its presence is checked here.
+        CHECK='import torch, yacs, onnx, onnxruntime, openvino, importlib.metadata as m; m.version("timm"); m.version("torchvision"); assert torch.__version__.startswith("2.13.0")'
+        make_venv .torchvenv 3.11 "${PYTHON311:-}" "torch==2.13.0 $TORCH_EXTRAS $EXTRA_NODEPS" "torch==2.13.0" $TORCH_EXTRAS
         ;;
     *)
         echo "usage: scripts/bootstrap.sh [main|torch]" >&2; exit 2 ;;
