@@ -16,7 +16,7 @@ import time
 
 from common import cli
 from common.device import use_device
-from common.errors import UserError
+from errors import UserError
 
 log = logging.getLogger("search")
 DESCRIPTION = __doc__.split("\n\n")[0]

@@ -135,6 +135,9 @@ def resolve(args):
     if cfg["output"] is None:
         cfg["output"] = default_output(cfg)
     cfg["world_size"] = args.ngpus * args.world_size
+    # a searched architecture is recorded by content, so its checkpoints load from anywhere
+    from model.checkpoint import resolve_arch
+    cfg["arch"] = resolve_arch(cfg["arch"])
     return cfg
 
 
@@ -160,7 +163,8 @@ def run(cfg):
     if cfg["resume"]:
         trainer.resume()
     elif cfg["weights"]:
-        from common.checkpoint import load_checkpoint, load_weights, state_dict_of
+        from common.checkpoint import load_checkpoint
+        from model.checkpoint import load_weights, state_dict_of
         load_weights(trainer.model, state_dict_of(load_checkpoint(cfg["weights"])),
                      cfg["weights"])
     if cfg["amp"]:
@@ -184,7 +188,7 @@ def main(argv=None):
     if not cfg["resume"] and os.path.exists(os.path.join(cfg["output"], "latest.pkl")):
         raise cli.UserError("%s already holds a run; pass --resume to continue it or choose "
                             "another --output" % cfg["output"])
-    from training.build import build_model
+    from model.checkpoint import build_model
     if cfg["world_size"] > 1:
         from training.distributed import check_gpus, launch, world
         world(args.ngpus, args.world_size, args.rank)

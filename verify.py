@@ -17,7 +17,7 @@ import numpy as np
 
 from common import cli
 from common.device import use_device
-from common.parity import (DEFAULT_TOLERANCE, check_parity, format_row, randomize_batchnorm,
+from model.parity import (DEFAULT_TOLERANCE, check_parity, format_row, randomize_batchnorm,
                            sample_inputs)
 
 

@@ -76,10 +76,10 @@ def _same_file(a, b):
 def run_import(args):
     return_freed_memory_to_os()
     use_device(args.device)
-    from common.checkpoint import infer_num_classes, save_checkpoint
+    from common.checkpoint import save_checkpoint
+    from model.checkpoint import checkpoint_dict, numpy_state_dict
 
     from . import convert
-    from .model_io import numpy_state_dict
 
     if _same_file(args.input, args.output):
         raise cli.UserError("--output would overwrite the input; choose another path")
@@ -94,17 +94,15 @@ def run_import(args):
         print("  cast %s: %d tensors" % (cast, count))
     if report["output_form"] != report["form"]:
         print("fused to deploy form")
-    # model_checkpoint's format, with the fast state dict (see model_io.numpy_state_dict)
-    state_dict = numpy_state_dict(model)
-    save_checkpoint({"arch": report["arch"], "form": report["output_form"],
-                     "num_classes": infer_num_classes(state_dict), "state_dict": state_dict},
-                    args.output)
+    save_checkpoint(checkpoint_dict(numpy_state_dict(model), report["arch"],
+                                    report["output_form"]), args.output)
     print("wrote %s (%s, %s form)" % (args.output, report["arch"], report["output_form"]))
     return 0
 
 
 def run_export(args):
-    from common.checkpoint import load_checkpoint, state_dict_of
+    from common.checkpoint import load_checkpoint
+    from model.checkpoint import state_dict_of
 
     from . import export_pth
 

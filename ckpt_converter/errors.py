@@ -1,5 +1,5 @@
 """The one error type of the converter: a file or a request the user can fix."""
-from common.checkpoint import CheckpointError
+from errors import CheckpointError
 
 
 class ConverterError(CheckpointError):

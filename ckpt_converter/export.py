@@ -7,13 +7,13 @@ opcode here; it names only ``collections.OrderedDict``, ``torch._utils._rebuild_
 the ``torch.<X>Storage`` classes, all of which ``torch.load(..., weights_only=True)`` accepts.
 """
 import collections
-import os
 import pickle
 import struct
-import tempfile
 import zipfile
 
 import numpy as np
+
+from common.atomic import atomic_write
 
 from .errors import ConverterError
 from .mapping import to_pytorch
@@ -117,27 +117,17 @@ def write_pth(state_dict, path):
                                  % (name, array.dtype))
         arrays.append((name, array.astype(array.dtype.newbyteorder("<"), copy=False)))
     data_pkl = _PickleWriter().state_dict(arrays)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED,
-                                                       allowZip64=True) as archive:
-            records = [("data.pkl", data_pkl), ("byteorder", b"little")]
-            records += [("data/%d" % i, array) for i, (_, array) in enumerate(arrays)]
-            records += [("version", b"3\n")]
-            for name, payload in records:
-                data = memoryview(payload).cast("B")
-                info = _aligned_info(archive, "%s/%s" % (ARCHIVE, name))
-                info.file_size = len(data)  # lets zipfile choose zip64 for huge members
-                with archive.open(info, "w") as member:
-                    member.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED,
+                                                  allowZip64=True) as archive:
+        records = [("data.pkl", data_pkl), ("byteorder", b"little")]
+        records += [("data/%d" % i, array) for i, (_, array) in enumerate(arrays)]
+        records += [("version", b"3\n")]
+        for name, payload in records:
+            data = memoryview(payload).cast("B")
+            info = _aligned_info(archive, "%s/%s" % (ARCHIVE, name))
+            info.file_size = len(data)  # lets zipfile choose zip64 for huge members
+            with archive.open(info, "w") as member:
+                member.write(data)
     return path
 
 

@@ -9,33 +9,14 @@ import contextlib
 import numpy as np
 
 
-def _state_tensors(model):
-    """``(key, tensor, flatten)`` for every entry of ``model.state_dict()``, read directly.
-
-    MegEngine 1.13's ``state_dict()`` re-reshapes the BatchNorm entries at every nesting level,
-    which costs seconds on RepVGG-B3; this walks parameters and buffers once. BatchNorm tensors
-    are 4-D inside MegEngine and 1-D in ``state_dict()`` (``flatten``).
-    """
-    import megengine.module as M
-
-    modules = dict(model.named_modules())
-    for key, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-        owner = modules[key.rpartition(".")[0]]
-        yield key, tensor, isinstance(owner, (M.BatchNorm1d, M.BatchNorm2d))
-
-
 def expected_arrays(model):
     """{key: zero-stride array with the shape and dtype of ``model.state_dict()[key]``}: what
     the strict check needs, without copying any weights."""
+    from model.checkpoint import state_tensors
+
     return {key: np.broadcast_to(np.zeros((), np.dtype(t.dtype)),
                                  (int(np.prod(t.shape)),) if flat else tuple(t.shape))
-            for key, t, flat in _state_tensors(model)}
-
-
-def numpy_state_dict(model):
-    """``model.state_dict()`` (NumPy arrays, same keys and shapes), computed faster."""
-    return {key: t.numpy().reshape(-1) if flat else t.numpy()
-            for key, t, flat in _state_tensors(model)}
+            for key, t, flat in state_tensors(model)}
 
 
 def _no_op(*args, **kwargs):

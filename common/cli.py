@@ -1,21 +1,14 @@
 """Running a command-line entry point: user errors become one line on stderr and exit code 2."""
 import sys
 
-from .errors import UserError  # noqa: F401  (re-exported for tools)
-
-
-def _user_errors():
-    # model's UnknownModelError only where the tool imported model: tools/infer.py runs a dumped
-    # graph without the model code and must not import it.
-    model = sys.modules.get("model")
-    return (UserError,) + ((model.UnknownModelError,) if model is not None else ())
+from errors import UserError  # noqa: F401  (re-exported for tools)
 
 
 def run(main, argv=None):
     """Call ``main(argv)``; turn user errors into ``error: <message>`` and exit status 2."""
     try:
         code = main(argv)
-    except _user_errors() as e:
+    except UserError as e:
         print("error: %s" % e, file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

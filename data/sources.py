@@ -7,7 +7,7 @@ unreadable file).
 import numpy as np
 from PIL import Image
 
-from common.errors import UserError
+from errors import UserError
 
 
 class DataError(UserError):

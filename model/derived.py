@@ -21,7 +21,7 @@ import json
 
 import megengine.module as M
 
-from common.errors import UserError
+from errors import UserError
 
 from .fbnet import FBNET_BLOCKS, conv_bn_relu
 from .layers import GlobalAvgPool

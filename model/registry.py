@@ -6,14 +6,13 @@ single place a user or a tool discovers what can be built.
 """
 import difflib
 
+from errors import UserKeyError
+
 _BUILDERS = {}
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(UserKeyError):
     """Raised for a name that is not registered; the message lists the known names."""
-
-    def __str__(self):  # KeyError would quote the message
-        return self.args[0]
 
 
 def register_model(name, builder):

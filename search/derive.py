@@ -7,14 +7,10 @@ strides, stem, head, and the latency table's prediction for the network.
 """
 import numpy as np
 
+from common.numeric import softmax
 from model.derived import ARCH_FORMAT
 
 MODES = ("argmax", "sample")
-
-
-def softmax(theta):
-    z = np.exp(theta - theta.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
 
 
 def choose(theta, mode="argmax", n=1, seed=0):

@@ -1,20 +1,11 @@
 """Writing JSON files atomically: a reader never sees a half-written file."""
 import json
-import os
-import tempfile
+
+from common.atomic import atomic_write
 
 
 def write_json(obj, path):
-    """Atomic JSON write (temp file + rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Atomic JSON write (``common.atomic``)."""
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=1)
     return path

@@ -11,7 +11,7 @@ a measurement.
 
 Binary candidates: MegEngine runs them as float convolutions, so their wall-clock time on this
 CPU says nothing about a binary-inference target. Their entry is a cost proxy, ``FLOPs +
-BOPs/64`` (``common.opcount``'s ``ops``, the Bi-Real/ReActNet convention), recorded per entry as
+BOPs/64`` (``model.opcount``'s ``ops``, the Bi-Real/ReActNet convention), recorded per entry as
 ``proxy:ops``. In a table that also has measured entries the proxy is converted to microseconds
 with the device's measured time per operation (the median of ``us / ops`` over the measured
 entries, stored as ``us_per_op``); in a table of binary candidates only, the unit is "Mops".
@@ -38,10 +38,11 @@ import numpy as np
 import megengine as mge
 import megengine.module as M
 
-from common.opcount import count_ops
+from common.timing import interleaved_medians
 from model.derived import build_op, op_kind
 from model.fbnet import conv_bn_relu
 from model.layers import GlobalAvgPool
+from model.opcount import count_ops
 from model.reparam import convert_to_deploy
 
 from .jsonio import write_json
@@ -136,19 +137,18 @@ def time_modules(pairs, warmup, runs, inner=1):
     after every call would add a synchronisation delay to every entry that a whole network pays
     only once.
     """
-    for module, x in pairs:
-        module.eval()
-        for _ in range(warmup):
-            module(x).numpy()
-    times = [[] for _ in pairs]
-    for _ in range(runs):
-        for t, (module, x) in zip(times, pairs):
-            start = time.perf_counter()
+    def calls(module, x):
+        def run():
             for _ in range(inner):
                 y = module(x)
             y.numpy()
-            t.append((time.perf_counter() - start) / inner)
-    return [statistics.median(t) for t in times]
+        return run
+
+    for module, _ in pairs:
+        module.eval()
+    medians = interleaved_medians({i: calls(m, x) for i, (m, x) in enumerate(pairs)},
+                                  warmup, runs)
+    return [medians[i] / inner for i in range(len(pairs))]
 
 
 def time_module(module, x, warmup, runs, inner=1):
@@ -247,7 +247,7 @@ def measure_table(space, batch=1, warmup=10, runs=30, seed=0, progress=None, inn
                      "groups of 8",
         "mode": "eval", "repvgg_form": "deploy", "unit": "us" if n_measured else "Mops",
         "us_per_op": us_per_op,
-        "binary_cost": "proxy FLOPs + BOPs/64 (common.opcount ops), per entry source 'proxy:ops'",
+        "binary_cost": "proxy FLOPs + BOPs/64 (model.opcount ops), per entry source 'proxy:ops'",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     return LatencyTable(latency, source, fixed, meta)

@@ -19,7 +19,7 @@ import dataclasses
 import hashlib
 import json
 
-from common.errors import UserError
+from errors import UserError
 
 FBNET9 = ("ir_k3_e1", "ir_k3_s2", "ir_k3_e3", "ir_k3_e6", "ir_k5_e1", "ir_k5_s2", "ir_k5_e3",
           "ir_k5_e6", "skip")

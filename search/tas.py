@@ -26,7 +26,6 @@ argmax widths become an ``arch.json`` of ``conv_k3`` layers (``model.derived``) 
 """
 import dataclasses
 import logging
-import math
 import os
 
 import numpy as np
@@ -38,9 +37,10 @@ import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 
 from common.checkpoint import save_checkpoint, to_numpy
-from common.errors import UserError
+from errors import UserError
 from model.derived import ARCH_FORMAT
 from model.fbnet import conv_bn_relu
+from training.schedule import cosine
 
 from .gumbel import gumbel_noise
 from .jsonio import write_json
@@ -197,7 +197,7 @@ def flop_loss(net, ratio, tolerance=0.05):
 
 
 def tau_at(epoch, epochs, tau_max, tau_min):
-    return tau_min + (tau_max - tau_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+    return cosine(epoch / epochs, tau_max, tau_min)
 
 
 def arch_from_widths(space, widths, flops=None):
@@ -335,7 +335,7 @@ class TASSearch:
         for e in range(cfg.epochs):
             tau = tau_at(e, cfg.epochs, cfg.tau_max, cfg.tau_min)
             for g in self.opt_w.param_groups:
-                g["lr"] = cfg.w_lr * 0.5 * (1 + math.cos(math.pi * e / cfg.epochs))
+                g["lr"] = cosine(e / cfg.epochs, cfg.w_lr, 0.0)
             w_steps = batches(self.rng, self.w_idx, cfg.batch_size, cfg.max_steps)
             a_steps = batches(self.rng, self.a_idx, cfg.batch_size, cfg.max_steps)
             ce_w = [self.step(i, tau, False) for i in tqdm(w_steps, desc="tas %d weights" % e,

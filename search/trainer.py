@@ -24,7 +24,6 @@ configuration.
 """
 import dataclasses
 import logging
-import math
 import os
 import time
 
@@ -36,7 +35,8 @@ import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 
 from common.checkpoint import load_checkpoint, save_checkpoint, to_numpy
-from common.errors import UserError
+from errors import UserError
+from training.schedule import cosine
 
 from . import gumbel
 from .latency import LatencyTable
@@ -150,7 +150,7 @@ class Searcher:
         return sums / max(len(steps), 1)
 
     def lr_at(self, epoch):
-        return self.config.w_lr * 0.5 * (1 + math.cos(math.pi * epoch / self.config.epochs))
+        return cosine(epoch / self.config.epochs, self.config.w_lr, 0.0)
 
     def choices(self):
         return np.argmax(self.model.theta.numpy(), axis=1)

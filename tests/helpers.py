@@ -19,3 +19,13 @@ def one_line_error(proc):
     assert lines[0].startswith("error: "), proc.stderr
     assert "Traceback" not in proc.stderr
     return lines[0]
+
+
+def model_from_file(path, arch=None):
+    """Load the checkpoint file ``path`` and build its model: ``(model, checkpoint, info)``."""
+    from common.checkpoint import load_checkpoint
+    from model.checkpoint import model_from_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    model, info = model_from_checkpoint(checkpoint, arch, path)
+    return model, checkpoint, info

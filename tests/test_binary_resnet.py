@@ -10,7 +10,7 @@ import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 
 import model
-from common.opcount import count_ops
+from model.opcount import count_ops
 from data.digits import load_digits
 from model.binary.config import BinaryConvConfig
 from model.binary.conv import BinaryConv2d

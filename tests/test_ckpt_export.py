@@ -9,7 +9,8 @@ import megengine as mge
 from ckpt_converter import convert, export_pth
 from ckpt_fixtures import (TORCH_REF, assert_logits_close, megengine_builder, run_torch,
                            torch_fixtures)  # noqa: F401
-from common.checkpoint import model_checkpoint, save_checkpoint
+from common.checkpoint import save_checkpoint
+from model.checkpoint import checkpoint_dict, numpy_state_dict
 from helpers import run_tool
 
 
@@ -28,7 +29,7 @@ def test_export_round_trip_through_pytorch(torch_fixtures, tmp_path):  # noqa: F
         pth = tmp_path / (key + ".pth")
         if name == "tiny_full_training_zip":  # through the command line
             pkl = tmp_path / (key + ".pkl")
-            save_checkpoint(model_checkpoint(model, "tiny", "train"), pkl)
+            save_checkpoint(checkpoint_dict(numpy_state_dict(model), "tiny", "train"), pkl)
             proc = run_tool("-m", "ckpt_converter", "export", pkl, "-o", pth)
             assert proc.returncode == 0, proc.stderr
             assert "wrote" in proc.stdout

@@ -12,7 +12,7 @@ import pytest
 
 from ckpt_converter import ConverterError, convert, load_torch_checkpoint
 from ckpt_converter.export import _PickleWriter, write_pth
-from common.errors import UserError
+from errors import UserError
 from helpers import one_line_error, run_tool
 
 

@@ -4,8 +4,9 @@ import numpy as np
 import megengine as mge
 
 import model
-from common.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
-from common.parity import randomize_batchnorm, sample_inputs
+from common.checkpoint import load_checkpoint, save_checkpoint
+from model.checkpoint import checkpoint_dict, numpy_state_dict
+from model.parity import randomize_batchnorm, sample_inputs
 from helpers import one_line_error, run_tool
 
 
@@ -35,7 +36,7 @@ def _train_checkpoint(path, rng, arch="RepVGG-A0", num_classes=10):
     net = model.get_model(arch, num_classes=num_classes)
     x = sample_inputs(rng, (2, 3, 32, 32))
     randomize_batchnorm(net, rng, x)
-    save_checkpoint(model_checkpoint(net, arch, "train"), path)
+    save_checkpoint(checkpoint_dict(numpy_state_dict(net), arch, "train"), path)
     return net, x
 
 

@@ -13,9 +13,10 @@ from PIL import Image
 import megengine as mge
 
 import model
-from common import inference
-from common.checkpoint import model_checkpoint, save_checkpoint
-from common.parity import DEFAULT_TOLERANCE, randomize_batchnorm, sample_inputs
+from deploy import lite, dump, preprocess
+from common.checkpoint import save_checkpoint
+from model.checkpoint import checkpoint_dict, numpy_state_dict
+from model.parity import DEFAULT_TOLERANCE, randomize_batchnorm, sample_inputs
 from helpers import ROOT, one_line_error, run_tool
 
 SIZE, BATCH, CLASSES = 64, 2, 10
@@ -37,7 +38,7 @@ def exported(tmp_path_factory):
     net = model.get_model("RepVGG-A0", num_classes=CLASSES)
     randomize_batchnorm(net, rng, sample_inputs(rng, (4, 3, SIZE, SIZE)))
     ckpt = folder / "a0.pkl"
-    save_checkpoint(model_checkpoint(net, "RepVGG-A0", "train"), ckpt)
+    save_checkpoint(checkpoint_dict(numpy_state_dict(net), "RepVGG-A0", "train"), ckpt)
     out = folder / "a0.mge"
     proc = run_tool("tools/export.py", "--load", ckpt, "--output", out, "--size", SIZE,
                     "--batch", BATCH, "--threads", 2)
@@ -58,7 +59,7 @@ def test_dumped_graph_equals_eager_train_and_deploy(exported):
     train.eval()
     expected_train = train(mge.tensor(x)).numpy()
     expected_deploy = model.convert_to_deploy(train)(mge.tensor(x)).numpy()
-    dumped = inference.DumpedModel(str(exported["mge"]), threads=2)
+    dumped = lite.DumpedModel(str(exported["mge"]), threads=2)
     assert dumped.input_shape == (BATCH, 3, SIZE, SIZE) and dumped.num_classes == CLASSES
     out = dumped(x)
     assert out.shape == (3, CLASSES)
@@ -84,7 +85,7 @@ for options in sys.argv[3:]:
 def test_every_dump_option_set_exports_and_checks(exported):
     # One process for all option sets (each export checks its file against eager train and
     # deploy and raises if they differ).
-    others = sorted(set(inference.DUMP_OPTIONS) - {inference.BEST_DUMP_OPTIONS})
+    others = sorted(set(dump.DUMP_OPTIONS) - {dump.BEST_DUMP_OPTIONS})
     proc = run_tool("-c", EXPORT_EACH, exported["ckpt"], exported["folder"], *others)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("exported RepVGG-A0") == len(others)
@@ -127,7 +128,7 @@ def test_preprocess_resizes_crops_and_normalizes():
     a = np.zeros((60, 90, 3), np.uint8)
     a[:, :30] = (255, 0, 0)
     a[:, 30:] = (0, 0, 255)
-    x = inference.preprocess_image(Image.fromarray(a), 32)
+    x = preprocess.preprocess_image(Image.fromarray(a), 32)
     assert x.shape == (3, 32, 32) and x.dtype == np.float32
     blue = (np.array([0, 0, 255], np.float32) - [123.675, 116.28, 103.53]) / [58.395, 57.12,
                                                                              57.375]
@@ -173,7 +174,7 @@ def test_infer_top5_without_model_code(exported, tmp_path):
     # Expected: the eager train model on the same preprocessed images, softmax in NumPy.
     train = exported["train"]
     train.eval()
-    x = np.stack([inference.preprocess_image(p, SIZE) for p in images])
+    x = np.stack([preprocess.preprocess_image(p, SIZE) for p in images])
     logits = train(mge.tensor(x)).numpy().astype(np.float64)
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)

@@ -5,7 +5,7 @@ import pytest
 import megengine as mge
 
 import model
-from common.parity import check_parity, randomize_batchnorm, sample_inputs
+from model.parity import check_parity, randomize_batchnorm, sample_inputs
 
 
 def official_param_count(num_blocks, width_multiplier, groups=1, use_se=False, deploy=False,

@@ -5,7 +5,7 @@ import pytest
 import megengine as mge
 import megengine.functional as F
 
-from common.parity import randomize_batchnorm, sample_inputs
+from model.parity import randomize_batchnorm, sample_inputs
 from model import RepVGGBlock, convert_to_deploy, is_deploy
 from model.reparam import identity_kernel, pad_to
 

@@ -1,7 +1,7 @@
 """The binary-ResNet-18 search preset over the binary primitives of ``model.binary.primitives``.
 
 Needs the binary branch (issue 5: ``model.binary.primitives`` and the BOP counting it adds to
-``common.opcount``); on the search branch alone every test here fails (ModuleNotFoundError), by
+``model.opcount``); on the search branch alone every test here fails (ModuleNotFoundError), by
 design, without stopping the collection of the rest of the suite.
 """
 import numpy as np
@@ -9,7 +9,7 @@ import pytest
 
 import megengine as mge
 
-from common.opcount import count_ops
+from model.opcount import count_ops
 from model.derived import build_from_arch, op_kind
 from search.derive import arch_from_choices
 from search.gumbel import gumbel_softmax, noise_for_batch

@@ -9,8 +9,8 @@ import megengine.functional as F
 import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 
-from common.opcount import count_params
-from common.parity import check_parity, randomize_batchnorm, sample_inputs
+from model.opcount import count_params
+from model.parity import check_parity, randomize_batchnorm, sample_inputs
 from model import RepVGGBlock, is_deploy
 from model.derived import ArchError, build_from_arch, build_from_arch_file
 from search.derive import arch_from_choices, choose

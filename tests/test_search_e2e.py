@@ -15,7 +15,7 @@ import megengine.functional as F
 import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 
-from common.errors import UserError
+from errors import UserError
 from model.derived import build_from_arch_file
 from search.trainer import normalize
 from tests.helpers import ROOT, run_tool

@@ -8,7 +8,7 @@ import megengine.functional as F
 import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 
-from common.opcount import count_ops
+from model.opcount import count_ops
 from model.derived import build_from_arch
 from search.space import get_space, make_space
 from search.tas import (TASNet, TASSearch, TASConfig, arch_from_widths, channel_interp,

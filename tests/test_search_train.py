@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from common.checkpoint import load_checkpoint
-from common.errors import UserError
+from errors import UserError
 from search.trainer import SearchConfig, Searcher, load_run, resume, split_indices
 from tests.search_fixtures import tiny_data, tiny_lut, tiny_space
 

@@ -65,7 +65,7 @@ def test_predict_prints_top5_probabilities_that_match_the_model(run_dir, tmp_pat
     # independently: the model on the same pixels, normalised as documented ([-1, 1])
     import megengine as mge
     import megengine.functional as F
-    from training.build import model_from_file
+    from tests.helpers import model_from_file
     model, _, _ = model_from_file(ckpt)
     x = np.stack([(val.images[i].astype(np.float32) / 255 - 0.5) / 0.5 for i in range(2)])
     probs = F.softmax(model(mge.tensor(x.transpose(0, 3, 1, 2))), axis=1).numpy()

@@ -52,7 +52,7 @@ def test_short_run_learns_and_writes_every_output(trained):
 def test_deploy_model_matches_the_best_train_model(trained, rng):
     """Independent of train.py's own parity check: run both checkpoints here."""
     import megengine as mge
-    from training.build import model_from_file
+    from tests.helpers import model_from_file
 
     out, proc = trained
     train_model, best, info = model_from_file(os.path.join(out, "best.pkl"))

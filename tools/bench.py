@@ -9,9 +9,7 @@ over --runs) and the deploy/train ratio as a Markdown table.
 """
 import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -19,24 +17,14 @@ import numpy as np  # noqa: E402
 
 from common import cli  # noqa: E402
 from common.device import use_device  # noqa: E402
-
-
-def time_forward(model, x):
-    start = time.perf_counter()
-    model(x).numpy()  # .numpy() waits for the asynchronous computation to finish
-    return time.perf_counter() - start
+from common.timing import interleaved_medians  # noqa: E402
 
 
 def bench_pair(models, x, warmup, runs):
     """Median seconds per forward of each model, measured interleaved."""
-    for _ in range(warmup):
-        for m in models:
-            time_forward(m, x)
-    times = [[] for _ in models]
-    for _ in range(runs):
-        for i, m in enumerate(models):
-            times[i].append(time_forward(m, x))
-    return [statistics.median(t) for t in times]
+    medians = interleaved_medians({i: (lambda m=m: m(x).numpy()) for i, m in enumerate(models)},
+                                  warmup, runs)
+    return [medians[i] for i in range(len(models))]
 
 
 def parse_args(argv):

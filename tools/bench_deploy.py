@@ -6,7 +6,7 @@
 Paths, all on the same weights (a RepVGG with random weights and non-trivial BN statistics):
 - MegEngine eager, train form and deploy form (multi-threaded CPU device);
 - MegEngine dumped graph (tools/export.py's trace + dump, run by MegEngine Lite), once per
-  option set of common/inference.DUMP_OPTIONS, so each row shows what one option changes, and
+  option set of common/dump.DUMP_OPTIONS, so each row shows what one option changes, and
   the best set with Lite runtime settings on top (fast-run algorithm profiling, weight
   preprocessing, kernel-sequence record/replay, Lite's global layout transform; --lite);
 - PyTorch (.torchvenv, the reference model of tests/torch_ref with the same weights) in deploy
@@ -36,9 +36,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from common import cli, inference  # noqa: E402
-from common.device import use_device  # noqa: E402
-from common.errors import UserError  # noqa: E402
+from common import cli  # noqa: E402
+from common.device import cpu_count, use_device  # noqa: E402
+from deploy import dump, lite  # noqa: E402
+from errors import UserError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCH_PYTHON = os.path.join(ROOT, ".torchvenv", "bin", "python")
@@ -147,7 +148,7 @@ def megengine_dumped(name, mge_file, x, macs, threads, **lite):
     state = {}
 
     def prepare():
-        state["net"] = inference.DumpedModel(mge_file, threads=threads, **lite)
+        state["net"] = lite.DumpedModel(mge_file, threads=threads, **lite)
         return state["net"](x)  # the first run profiles (fast-run) and allocates
 
     def run():
@@ -192,8 +193,8 @@ def peak_gflops(args, folder, worker):
     conv.eval()
     x = np.random.default_rng(0).standard_normal((n, c, h, w)).astype(np.float32)
     mge_file = os.path.join(folder, "peak_conv.mge")
-    inference.dump_model(conv, x, mge_file, inference.BEST_DUMP_OPTIONS)
-    net = inference.DumpedModel(mge_file, threads=args.threads, fastrun=True)
+    dump.dump_model(conv, x, mge_file, dump.BEST_DUMP_OPTIONS)
+    net = lite.DumpedModel(mge_file, threads=args.threads, fastrun=True)
     times = []
     for _ in range(args.warmup + max(args.runs, 3)):
         start = time.perf_counter()
@@ -208,8 +209,8 @@ def peak_gflops(args, folder, worker):
 
 def bench_model(arch, args, folder, worker, rng):
     import megengine as mge  # noqa: F401
-    from common.opcount import count_ops
-    from common.parity import compare, randomize_batchnorm, sample_inputs
+    from model.opcount import count_ops
+    from model.parity import compare, randomize_batchnorm, sample_inputs
     from model import convert_to_deploy, get_model
 
     train = get_model(arch)
@@ -230,15 +231,15 @@ def bench_model(arch, args, folder, worker, rng):
         best_file = None
         for options in args.options:
             mge_file = os.path.join(folder, "%s_b%d_%s.mge" % (arch, batch, options))
-            inference.dump_model(deploy, x, mge_file, options)
+            dump.dump_model(deploy, x, mge_file, options)
             paths.append(megengine_dumped("MegEngine dumped, " + options, mge_file, x,
                                           macs["deploy"], args.threads))
-            if options == inference.BEST_DUMP_OPTIONS:
+            if options == dump.BEST_DUMP_OPTIONS:
                 best_file = mge_file
         if best_file is not None:
             for extra in args.lite:
                 paths.append(megengine_dumped(
-                    "MegEngine dumped, %s + %s" % (inference.BEST_DUMP_OPTIONS, extra),
+                    "MegEngine dumped, %s + %s" % (dump.BEST_DUMP_OPTIONS, extra),
                     best_file, x, macs["deploy"], args.threads, **LITE_EXTRAS[extra]))
         if worker is not None:
             x_file = os.path.join(folder, "%s_b%d_x.npy" % (arch, batch))
@@ -280,12 +281,12 @@ def parse_args(argv):
                    help="models")
     p.add_argument("--batch", nargs="+", type=int, default=[1, 16], help="batch sizes")
     p.add_argument("--size", type=int, default=224, help="input resolution")
-    p.add_argument("--threads", type=int, default=inference.default_threads(),
+    p.add_argument("--threads", type=int, default=cpu_count(),
                    help="CPU threads for both frameworks")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs per path first")
     p.add_argument("--runs", type=int, default=10, help="timed runs per path")
-    p.add_argument("--options", nargs="+", default=list(inference.DUMP_OPTIONS),
-                   choices=list(inference.DUMP_OPTIONS), help="dump option sets to measure")
+    p.add_argument("--options", nargs="+", default=list(dump.DUMP_OPTIONS),
+                   choices=list(dump.DUMP_OPTIONS), help="dump option sets to measure")
     p.add_argument("--lite", nargs="*", default=list(LITE_EXTRAS), choices=list(LITE_EXTRAS),
                    help="Lite runtime settings measured on top of the best dump options")
     p.add_argument("--torch", nargs="*", default=list(TORCH_MODES), choices=list(TORCH_MODES),
@@ -305,7 +306,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 def main(argv=None):
     args = parse_args(argv)
-    use_device(inference.trace_device(args.threads))
+    use_device(dump.trace_device(args.threads))
     import megengine as mge
 
     rng = np.random.default_rng(0)

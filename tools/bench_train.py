@@ -10,7 +10,6 @@ the same run. The first --warmup steps (algorithm choice, allocation) are not ti
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -18,6 +17,7 @@ import numpy as np  # noqa: E402
 
 from common import cli  # noqa: E402
 from common.device import use_device  # noqa: E402
+from common.timing import interleaved_medians  # noqa: E402
 
 
 def parse_args(argv):
@@ -41,7 +41,7 @@ def make_step(arch, classes, fast):
     import megengine.functional as F
     from megengine.autodiff import GradManager
     from training import fastconv
-    from training.build import build_model
+    from model.checkpoint import build_model
     from training.optimizer import build_sgd
 
     model = build_model(arch, classes)
@@ -69,21 +69,13 @@ def main(argv=None):
     y = mge.tensor(rng.integers(0, args.classes, args.batch).astype(np.int32))
     names = {"megengine": "megengine wgrad", "matmul": "matmul wgrad (train.py)"}
     variants = {names[w]: make_step(args.arch, args.classes, w == "matmul") for w in args.wgrad}
-    for step in variants.values():
-        for _ in range(args.warmup):
-            step(x, y)
-    times = {name: [] for name in variants}
-    for _ in range(args.steps):  # interleaved, so load changes hit both alike
-        for name, step in variants.items():
-            start = time.perf_counter()
-            step(x, y)
-            times[name].append(time.perf_counter() - start)
+    medians = interleaved_medians({name: (lambda s=step: s(x, y))
+                                   for name, step in variants.items()}, args.warmup, args.steps)
     print("%s training, %dx%d, batch %d, device %s, median of %d steps"
           % (args.arch, args.size, args.size, args.batch, device, args.steps))
     print("| conv weight gradient | s/step | images/s |")
     print("| --- | ---: | ---: |")
-    for name, t in times.items():
-        med = float(np.median(t))
+    for name, med in medians.items():
         print("| %s | %.3f | %.1f |" % (name, med, args.batch / med))
     return 0
 

@@ -13,8 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import cli  # noqa: E402
-from common.checkpoint import (load_checkpoint, model_checkpoint,  # noqa: E402
-                               model_from_checkpoint, save_checkpoint)
+from common.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from common.device import use_device  # noqa: E402
 
 
@@ -32,16 +31,20 @@ def main(argv=None):
     args = parse_args(argv)
     use_device(args.device)
     from model import convert_to_deploy
+    from model.checkpoint import (arch_label, checkpoint_dict, metadata_of,
+                                  model_from_checkpoint, numpy_state_dict)
 
     if os.path.abspath(args.load) == os.path.abspath(args.save):
         raise cli.UserError("--save would overwrite --load; choose another output path")
-    model, info = model_from_checkpoint(load_checkpoint(args.load), args.arch, args.load)
+    checkpoint = load_checkpoint(args.load)
+    model, info = model_from_checkpoint(checkpoint, args.arch, args.load)
     if info["form"] == "deploy":
-        print("%s is already in deploy form; writing it unchanged" % args.load)
+        print("%s is already in deploy form; copying its weights and metadata" % args.load)
     model = convert_to_deploy(model, inplace=True)
-    save_checkpoint(model_checkpoint(model, info["arch"], "deploy"), args.save)
+    save_checkpoint(checkpoint_dict(numpy_state_dict(model), info["arch"], "deploy",
+                                    **metadata_of(checkpoint)), args.save)
     print("converted %s (%s, %d classes): %s -> %s"
-          % (info["arch"], info["form"], info["num_classes"], args.load, args.save))
+          % (arch_label(info["arch"]), info["form"], info["num_classes"], args.load, args.save))
     return 0
 
 

@@ -59,10 +59,12 @@ def main(argv=None):
     from data.loader import make_loader
     from data.splits import load_splits
     from training import fastconv
-    from training.build import model_from_file
+    from common.checkpoint import load_checkpoint
+    from model.checkpoint import arch_label, model_from_checkpoint
     from training.loop import evaluate
 
-    model, checkpoint, info = model_from_file(args.checkpoint, args.arch)
+    checkpoint = load_checkpoint(args.checkpoint)
+    model, info = model_from_checkpoint(checkpoint, args.arch, args.checkpoint)
     fastconv.enable(model)  # MegEngine's CPU convs are slow on tiny maps; same outputs
     dataset, size = data_settings(args, checkpoint)
     splits = load_splits(dataset, args.data, size)
@@ -76,7 +78,7 @@ def main(argv=None):
                             workers=args.workers)
     loss, acc1, acc5 = evaluate(model, loader)
     print("%s (%s, %s form) on %s val (%d images, %dx%d): top-1 %.2f%%  top-5 %.2f%%  loss %.4f"
-          % (args.checkpoint, info["arch"], info["form"], dataset, len(splits.val), size, size,
+          % (args.checkpoint, arch_label(info["arch"]), info["form"], dataset, len(splits.val), size, size,
              acc1, acc5, loss))
     return 0
 

@@ -16,16 +16,16 @@ interrupted export, leaves nothing behind (an existing file at --output is kept)
 import argparse
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
 from common import cli  # noqa: E402
-from common import inference  # noqa: E402
-from common.device import use_device  # noqa: E402
-from common.errors import UserError  # noqa: E402
+from common.atomic import atomic_path  # noqa: E402
+from common.device import cpu_count, use_device  # noqa: E402
+from deploy import dump, lite, preprocess  # noqa: E402
+from errors import UserError  # noqa: E402
 
 
 class ExportCheckError(UserError):
@@ -35,11 +35,11 @@ class ExportCheckError(UserError):
 def check_dumped(path, x, references, threads=None, tolerance=None):
     """Run the .mge file at ``path`` on ``x`` with Lite and compare with each
     ``(name, expected_output)`` in ``references``; raise ``ExportCheckError`` on a mismatch.
-    Returns the list of ``common.parity.Parity`` results."""
-    from common.parity import DEFAULT_TOLERANCE, compare
+    Returns the list of ``model.parity.Parity`` results."""
+    from model.parity import DEFAULT_TOLERANCE, compare
 
     tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
-    out = inference.DumpedModel(path, threads=threads)(x)
+    out = lite.DumpedModel(path, threads=threads)(x)
     results = [compare("dumped vs " + name, expected, out, tolerance)
                for name, expected in references]
     bad = [r for r in results if not r.ok]
@@ -52,42 +52,34 @@ def check_dumped(path, x, references, threads=None, tolerance=None):
 
 def write_checked(path, write, check):
     """``write(tmp)`` writes a file next to ``path``, ``check(tmp)`` raises if it is wrong; then
-    the file is renamed to ``path``. On any failure the temp file is removed and ``path`` (if
-    it existed) is left unchanged."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
+    the file is renamed to ``path`` (``common.atomic``). On any failure the temp file is removed
+    and ``path`` (if it existed) is left unchanged."""
+    with atomic_path(path) as tmp:
         write(tmp)
-        result = check(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return result
+        return check(tmp)
 
 
 def check_batch(args, rng):
     """The input the dumped graph is checked on: real images when given, else generated
-    images that differ per sample (common.parity.sample_inputs)."""
+    images that differ per sample (model.parity.sample_inputs)."""
     if args.check_image:
-        images = [inference.preprocess_image(p, args.size) for p in args.check_image]
+        images = [preprocess.preprocess_image(p, args.size) for p in args.check_image]
         reps = -(-args.batch // len(images))
         return np.stack((images * reps)[:args.batch])
-    from common.parity import sample_inputs
+    from model.parity import sample_inputs
 
     return sample_inputs(rng, (args.batch, 3, args.size, args.size))
 
 
 def build_model(args):
     """(train-form model or None, deploy-form model, arch)"""
-    from common.checkpoint import load_checkpoint, model_from_checkpoint
+    from common.checkpoint import load_checkpoint
     from model import convert_to_deploy, get_model, is_deploy
+    from model.checkpoint import arch_label, model_from_checkpoint
 
     if args.load:
         model, info = model_from_checkpoint(load_checkpoint(args.load), args.arch, args.load)
-        arch = info["arch"]
+        arch = arch_label(info["arch"])
     else:
         if not args.arch:
             raise UserError("--random-init needs --arch")
@@ -114,12 +106,12 @@ def parse_args(argv):
     p.add_argument("--batch", type=int, default=1,
                    help="batch size of the dumped input (Lite also runs other batch sizes)")
     p.add_argument("--size", type=int, default=224, help="input resolution (square)")
-    p.add_argument("--options", default=inference.BEST_DUMP_OPTIONS,
-                   choices=sorted(inference.DUMP_OPTIONS),
-                   help="graph optimizations to dump with (see common/inference.py)")
+    p.add_argument("--options", default=dump.BEST_DUMP_OPTIONS,
+                   choices=sorted(dump.DUMP_OPTIONS),
+                   help="graph optimizations to dump with (see deploy/dump.py)")
     p.add_argument("--check-image", nargs="+", metavar="IMAGE",
                    help="images to check the dumped graph on (default: generated images)")
-    p.add_argument("--threads", type=int, default=inference.default_threads(),
+    p.add_argument("--threads", type=int, default=cpu_count(),
                    help="CPU threads for tracing and the check")
     p.add_argument("--seed", type=int, default=0, help="seed for generated check images")
     args = p.parse_args(argv)
@@ -135,7 +127,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 def main(argv=None):
     args = parse_args(argv)
-    use_device(inference.trace_device(args.threads))
+    use_device(dump.trace_device(args.threads))
     import megengine as mge
 
     train, deploy, arch = build_model(args)
@@ -146,7 +138,7 @@ def main(argv=None):
 
     results = write_checked(
         args.output,
-        lambda tmp: inference.dump_model(deploy, x, tmp, args.options),
+        lambda tmp: dump.dump_model(deploy, x, tmp, args.options),
         lambda tmp: check_dumped(tmp, x, references, threads=args.threads))
     for r in results:
         print("check %-22s max relative difference %.2e, top-1 agreement %.0f%%"

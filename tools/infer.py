@@ -17,8 +17,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from common import cli  # noqa: E402
-from common import inference  # noqa: E402
-from common.errors import UserError  # noqa: E402
+from common import numeric  # noqa: E402
+from common.device import cpu_count  # noqa: E402
+from deploy import lite, preprocess  # noqa: E402
+from errors import UserError  # noqa: E402
 
 
 def read_labels(path, num_classes):
@@ -38,8 +40,8 @@ def classify(model, paths, batch_size, k):
     size = model.input_shape[-1]
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
-        x = np.stack([inference.preprocess_image(p, size) for p in chunk])
-        yield from zip(chunk, inference.top_k(model(x), k))
+        x = np.stack([preprocess.preprocess_image(p, size) for p in chunk])
+        yield from zip(chunk, numeric.top_k(model(x), k))
 
 
 def parse_args(argv):
@@ -52,7 +54,7 @@ def parse_args(argv):
     p.add_argument("--top", type=int, default=5, help="how many classes to print per image")
     p.add_argument("--batch", type=int, default=0,
                    help="images per forward pass (0: the batch size the model was exported with)")
-    p.add_argument("--threads", type=int, default=inference.default_threads(), help="CPU threads")
+    p.add_argument("--threads", type=int, default=cpu_count(), help="CPU threads")
     args = p.parse_args(argv)
     if args.top < 1 or args.threads < 1 or args.batch < 0:
         p.error("--top and --threads must be positive, --batch non-negative")
@@ -68,7 +70,7 @@ def main(argv=None):
     missing = [p for p in args.images if not os.path.isfile(p)]
     if missing:
         raise UserError("image not found: %s" % ", ".join(missing))
-    model = inference.DumpedModel(args.model, threads=args.threads)
+    model = lite.DumpedModel(args.model, threads=args.threads)
     labels = read_labels(args.labels, model.num_classes) if args.labels else None
     for path, top in classify(model, args.images, args.batch or model.input_shape[0],
                               args.top):

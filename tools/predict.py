@@ -65,9 +65,11 @@ def main(argv=None):
     import megengine as mge
     import megengine.functional as F
     from data.splits import eval_transform
-    from training.build import model_from_file
+    from common.checkpoint import load_checkpoint
+    from model.checkpoint import model_from_checkpoint
 
-    model, checkpoint, info = model_from_file(args.checkpoint, args.arch)
+    checkpoint = load_checkpoint(args.checkpoint)
+    model, info = model_from_checkpoint(checkpoint, args.arch, args.checkpoint)
     names = class_names(args, checkpoint, info["num_classes"])
     recorded = checkpoint if isinstance(checkpoint, dict) else {}
     dataset = args.dataset or recorded.get("dataset") or "imagenet"

@@ -24,7 +24,7 @@ from common.device import use_device  # noqa: E402
 
 def model_stats(arch, size=224, num_classes=1000):
     """{"arch", "size", "train": {"params", "flops"}, "deploy": {...}} for one image."""
-    from common.opcount import count_ops
+    from model.opcount import count_ops
     from model import convert_to_deploy, get_model
 
     train = get_model(arch, num_classes=num_classes)

@@ -7,7 +7,7 @@ epoch (``MapSampler.scatter``), and only rank 0 logs, evaluates and writes files
 Ranks: with ``ngpus`` per machine on ``machines`` machines, the global world size is
 ``ngpus * machines`` and machine ``machine_rank`` runs ranks ``machine_rank*ngpus ...``.
 """
-from common.errors import UserError
+from errors import UserError
 
 
 def world(ngpus, machines=1, machine_rank=0):

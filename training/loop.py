@@ -14,13 +14,14 @@ import megengine.distributed as dist
 import megengine.functional as F
 from megengine.autodiff import GradManager
 
-from common.checkpoint import load_checkpoint, load_weights, model_checkpoint, save_checkpoint
-from common.errors import UserError
-from common.parity import check_parity, format_row
+from common.checkpoint import load_checkpoint, save_checkpoint
 from data.loader import make_loader
+from errors import UserError
+from model.checkpoint import (arch_label, build_model, checkpoint_dict, load_weights,
+                              numpy_state_dict)
+from model.parity import check_parity, format_row
 
 from . import state as train_state
-from .build import build_model
 from .hooks import after_optimizer_step
 from .metrics import MetricsCSV, plot_curves
 from .optimizer import build_sgd, set_lr
@@ -114,8 +115,8 @@ class Trainer:
         if not self.main:
             return
         if is_best:  # before latest: a kill in between just repeats this epoch
-            best = model_checkpoint(self.model, self.cfg["arch"], "train")
-            best.update(epoch=self.epoch, val_acc1=self.best_acc1, **self.data_info())
+            best = checkpoint_dict(numpy_state_dict(self.model), self.cfg["arch"], "train",
+                                   epoch=self.epoch, val_acc1=self.best_acc1, **self.data_info())
             save_checkpoint(best, self.path("best.pkl"))
         train_state.save(self.path("latest.pkl"), self.model, self.optimizer, self.cfg["arch"],
                          self.epoch, self.step, self.best_acc1, self.best_epoch, self.cfg)
@@ -201,7 +202,7 @@ class Trainer:
         csv = MetricsCSV(self.path("metrics.csv"), self.epoch) if self.main else None
         if self.epoch == 0 and self.main:
             log.info("%s on %s: %d train / %d val images, %d classes, %d steps per epoch, "
-                     "%d epochs", cfg["arch"], cfg["dataset"], len(self.splits.train),
+                     "%d epochs", arch_label(cfg["arch"]), cfg["dataset"], len(self.splits.train),
                      len(self.splits.val), self.num_classes, self.steps_per_epoch,
                      cfg["epochs"])
         while self.epoch < cfg["epochs"]:
@@ -225,7 +226,8 @@ class Trainer:
                      "  (%d unreadable images skipped)" % row["skipped_images"]
                      if row["skipped_images"] else "")
         if self.main:
-            plot_curves(self.path("metrics.csv"), self.path("curves.png"), cfg["arch"])
+            plot_curves(self.path("metrics.csv"), self.path("curves.png"),
+                        arch_label(cfg["arch"]))
         return self.step
 
     def finish(self):
@@ -250,8 +252,8 @@ class Trainer:
                                              progress=cfg["progress"])
         _, dep_acc1, dep_acc5 = evaluate(deploy, self.val_loader, desc="val (deploy form)",
                                          progress=cfg["progress"])
-        ckpt = model_checkpoint(deploy, cfg["arch"], "deploy")
-        ckpt.update(self.data_info())
+        ckpt = checkpoint_dict(numpy_state_dict(deploy), cfg["arch"], "deploy",
+                               **self.data_info())
         save_checkpoint(ckpt, self.path("deploy.pkl"))
         log.info("best epoch %d  val top-1 / top-5: train form %.2f%% / %.2f%%, deploy form "
                  "%.2f%% / %.2f%%  -> %s", best.get("epoch", 0), train_acc1, train_acc5,

@@ -3,6 +3,8 @@ import csv
 import logging
 import os
 
+from common.atomic import atomic_write
+
 FIELDS = ("epoch", "step", "lr", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5",
           "train_images_per_s", "epoch_seconds", "skipped_images")
 
@@ -40,12 +42,10 @@ class MetricsCSV:
         self._write(rows)
 
     def _write(self, rows):
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", newline="") as f:
+        with atomic_write(self.path, "w") as f:
             writer = csv.DictWriter(f, FIELDS)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.path)
 
     def append(self, row):
         with open(self.path, "a", newline="") as f:
@@ -80,8 +80,7 @@ def plot_curves(csv_path, png_path, title=""):
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = png_path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
+    with atomic_write(png_path) as f:
+        fig.savefig(f, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, png_path)
     return png_path

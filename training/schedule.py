@@ -12,5 +12,9 @@ def lr_at(step, base_lr, total_steps, warmup_steps=0, min_lr=0.0):
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
     span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+    return cosine(min(1.0, (step - warmup_steps) / span), base_lr, min_lr)
+
+
+def cosine(progress, start, end):
+    """Half a cosine from ``start`` (progress 0) to ``end`` (progress 1)."""
+    return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * progress))

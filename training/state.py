@@ -1,6 +1,6 @@
 """The full training state in one checkpoint, and putting it back.
 
-A training checkpoint is a ``model_checkpoint`` (``arch``, ``form``, ``num_classes``,
+A training checkpoint is a ``model.checkpoint.checkpoint_dict`` (``arch``, ``form``, ``num_classes``,
 ``state_dict``) plus ``optimizer`` (MegEngine's optimizer state: momentum buffers and param
 groups), ``epoch`` (epochs completed), ``step`` (optimizer steps taken), ``best_acc1``,
 ``best_epoch``, ``rng`` (numpy's and Python's global generator states) and ``config`` (the
@@ -12,8 +12,9 @@ import random
 
 import numpy as np
 
-from common.checkpoint import (CheckpointError, load_checkpoint, load_weights,
-                               model_checkpoint, save_checkpoint)
+from common.checkpoint import load_checkpoint, save_checkpoint
+from errors import CheckpointError
+from model.checkpoint import checkpoint_dict, load_weights, numpy_state_dict
 
 # Settings that change the optimisation itself: resuming with other values is refused.
 RECIPE_KEYS = ("arch", "dataset", "image_size", "batch_size", "epochs", "lr", "momentum",
@@ -22,7 +23,7 @@ RECIPE_KEYS = ("arch", "dataset", "image_size", "batch_size", "epochs", "lr", "m
 
 
 def capture(model, optimizer, arch, epoch, step, best_acc1, best_epoch, config):
-    state = model_checkpoint(model, arch, "train")
+    state = checkpoint_dict(numpy_state_dict(model), arch, "train")
     np_state = np.random.get_state()
     state.update(
         optimizer=optimizer.state_dict(), epoch=int(epoch), step=int(step),

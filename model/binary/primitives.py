@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
+from errors import UserKeyError
+
 from .blocks import (BinaryConvBNReLU, BinaryNIN, BinaryResNetBlock, BinaryVggBlock,
                      SkipConnect)
 from .config import BinaryConvConfig, BlockConfig
@@ -71,9 +73,8 @@ PRIMITIVES = {
 PRIMITIVE_NAMES = tuple(PRIMITIVES)
 
 
-class UnknownPrimitiveError(KeyError):
-    def __str__(self):
-        return self.args[0]
+class UnknownPrimitiveError(UserKeyError):
+    """A primitive name that is not registered; the message lists the known ones."""
 
 
 def primitive_spec(name):

@@ -6,7 +6,7 @@ import numpy as np
 import megengine as mge
 import megengine.module as M
 
-from model import convert_to_deploy
+from .reparam import convert_to_deploy
 
 # float32 rounding: the fused conv sums the same products in another order. Measured over every
 # named variant at 224x224 with randomized BN the worst case is about 2e-6 of the output's

@@ -1,0 +1,93 @@
+"""Running a dumped ``.mge`` graph with MegEngine Lite, without any Python model code.
+
+This module never imports ``model``: ``tools/infer.py`` relies on that.
+"""
+import contextlib
+import logging
+import os
+
+import numpy as np
+
+from common.device import cpu_count
+from errors import UserError
+
+
+class ModelFileError(UserError):
+    """A .mge file that cannot be loaded."""
+
+
+@contextlib.contextmanager
+def _quiet_lite_errors():
+    # megenginelite logs every error (with a C++ backtrace) to the root logger before raising
+    # it; the caller reports it as one line instead.
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+class DumpedModel:
+    """A ``.mge`` file run by MegEngine Lite: ``model(batch) -> logits`` on numpy arrays.
+
+    threads   CPU threads (default: all cores)
+    fastrun   profile every operator's algorithms on the first run and keep the fastest
+              (MegEngine's "fast-run"); the first call is then slow
+    weight_preprocess  transform the weights once at load time for the chosen algorithms
+    record    record the kernel sequence on the first run and replay it afterwards (less
+              dispatch overhead; the input shape must stay the same)
+    global_layout  let Lite choose every operator's layout by profiling (its global layout
+              transform) instead of the layout the file was dumped with
+    """
+
+    def __init__(self, path, threads=None, fastrun=False, weight_preprocess=False,
+                 record=False, global_layout=False):
+        from megenginelite import (LiteAlgoSelectStrategy, LiteConfig, LiteNetwork,
+                                   LiteOptions)
+
+        if not os.path.isfile(path):
+            raise ModelFileError("model file not found: %s" % path)
+        options = LiteOptions()
+        options.weight_preprocess = bool(weight_preprocess)
+        options.comp_node_seq_record_level = 1 if record else 0
+        options.const_shape = bool(record)  # recording needs static shapes
+        self.network = LiteNetwork(LiteConfig(option=options))
+        self.threads = threads or cpu_count()
+        if self.threads > 1:
+            self.network.threads_number = self.threads
+        if fastrun:
+            self.network.set_network_algo_policy(LiteAlgoSelectStrategy.LITE_ALGO_PROFILE
+                                                 | LiteAlgoSelectStrategy.LITE_ALGO_REPRODUCIBLE)
+        if global_layout:
+            self.network.enable_global_layout_transform()
+        try:
+            with _quiet_lite_errors():
+                self.network.load(path)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelFileError("%s is not a loadable MegEngine model (%s)" % (path, first)) \
+                from None
+        names = self.network.get_all_input_name()
+        if len(names) != 1:
+            raise ModelFileError("%s has %d inputs (%s); expected one image batch"
+                                 % (path, len(names), ", ".join(names)))
+        self._input = self.network.get_io_tensor(names[0])
+        self._output = self.network.get_io_tensor(self.network.get_output_name(0))
+        layout = self._input.layout
+        self.input_shape = tuple(int(s) for s in layout.shapes[:layout.ndim])
+        if len(self.input_shape) != 4:
+            raise ModelFileError("%s takes input of shape %s; expected (N, 3, H, W)"
+                                 % (path, self.input_shape))
+        out_layout = self._output.layout
+        self.num_classes = int(out_layout.shapes[out_layout.ndim - 1])
+
+    def __call__(self, batch):
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1:] != self.input_shape[1:]:
+            raise ValueError("input of shape %s does not fit the model's (N, %d, %d, %d)"
+                             % ((batch.shape,) + self.input_shape[1:]))
+        self._input.set_data_by_copy(batch)
+        self.network.forward()
+        self.network.wait()
+        return self._output.to_numpy().copy()
