@@ -100,7 +100,7 @@ def test_cli_converts_and_project_tools_read_the_output(torch_fixtures, tmp_path
     assert "fused to deploy form" in proc.stdout
     ckpt = load_checkpoint(out)
     assert (ckpt["arch"], ckpt["form"], ckpt["num_classes"]) == ("RepVGG-A0", "deploy", 1000)
-    from common.checkpoint import model_from_checkpoint
+    from model.checkpoint import model_from_checkpoint
     model, _ = model_from_checkpoint(ckpt)
     model.eval()
     assert_logits_close(megengine_logits(model, folder),
@@ -142,11 +142,13 @@ SMALL_SPECS = {
 @pytest.mark.parametrize("deploy", [False, True])
 def test_expected_shapes_match_state_dict(spec, deploy):
     """The strict check reads shapes without state_dict(); they must be state_dict()'s."""
-    from ckpt_converter.model_io import expected_arrays, numpy_state_dict
+    from ckpt_converter.model_io import expected_arrays
+    from model.checkpoint import expected_shapes, numpy_state_dict
     net = megengine_builder(SMALL_SPECS[spec])(deploy=deploy, num_classes=10)
     reference = net.state_dict()
     ours = {k: (v.shape, v.dtype) for k, v in expected_arrays(net).items()}
     assert ours == {k: (v.shape, v.dtype) for k, v in reference.items()}
+    assert expected_shapes(net) == {k: v.shape for k, v in reference.items()}
     fast = numpy_state_dict(net)
     assert set(fast) == set(reference)
     for key, value in reference.items():
