@@ -38,7 +38,8 @@ import numpy as np  # noqa: E402
 
 from common import cli  # noqa: E402
 from common.device import cpu_count, use_device  # noqa: E402
-from deploy import dump, lite  # noqa: E402
+from deploy import dump  # noqa: E402
+from deploy.lite import DumpedModel  # noqa: E402
 from errors import UserError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,7 +149,7 @@ def megengine_dumped(name, mge_file, x, macs, threads, **lite):
     state = {}
 
     def prepare():
-        state["net"] = lite.DumpedModel(mge_file, threads=threads, **lite)
+        state["net"] = DumpedModel(mge_file, threads=threads, **lite)
         return state["net"](x)  # the first run profiles (fast-run) and allocates
 
     def run():
@@ -194,7 +195,7 @@ def peak_gflops(args, folder, worker):
     x = np.random.default_rng(0).standard_normal((n, c, h, w)).astype(np.float32)
     mge_file = os.path.join(folder, "peak_conv.mge")
     dump.dump_model(conv, x, mge_file, dump.BEST_DUMP_OPTIONS)
-    net = lite.DumpedModel(mge_file, threads=args.threads, fastrun=True)
+    net = DumpedModel(mge_file, threads=args.threads, fastrun=True)
     times = []
     for _ in range(args.warmup + max(args.runs, 3)):
         start = time.perf_counter()
