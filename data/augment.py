@@ -304,6 +304,58 @@ class OfficialRandAug:
         return image
 
 
+class RandomErasing:
+    """timm's ``RandomErasing`` (Zhong et al., arXiv 1708.04896) on a normalised float32 CHW
+    array, the step after ``ToCHW`` in the official recipe (``AUG.REPROB`` 0.25,
+    ``AUG.REMODE`` "pixel", ``AUG.RECOUNT`` 1). With probability ``prob``, ``count`` boxes
+    (uniform in [min_count, max_count]), each: up to 10 tries of an area fraction uniform in
+    [min_area, max_area] / count and a log-uniform aspect ratio in [min_aspect, 1/min_aspect];
+    the first box strictly smaller than the image is filled with N(0, 1) noise per pixel
+    ("pixel"), one N(0, 1) colour per channel ("rand") or zeros ("const")."""
+
+    MODES = ("pixel", "rand", "const")
+
+    def __init__(self, prob=0.25, mode="pixel", min_area=0.02, max_area=1 / 3, min_aspect=0.3,
+                 min_count=1, max_count=None):
+        if mode not in self.MODES:
+            raise AugmentError("random erasing mode %r: use one of %s" % (mode, ", ".join(self.MODES)))
+        if not 0.0 <= prob <= 1.0:
+            raise AugmentError("random erasing probability %r is not in [0, 1]" % (prob,))
+        self.prob, self.mode = prob, mode
+        self.min_area, self.max_area = min_area, max_area
+        self.log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
+        self.min_count, self.max_count = min_count, max_count or min_count
+
+    def boxes(self, height, width, rng):
+        """The (top, left, h, w) boxes of one call (possibly none)."""
+        if rng.uniform() > self.prob:
+            return []
+        count = int(rng.integers(self.min_count, self.max_count + 1))
+        found = []
+        for _ in range(count):
+            for _ in range(10):
+                area = rng.uniform(self.min_area, self.max_area) * height * width / count
+                aspect = math.exp(rng.uniform(*self.log_aspect))
+                h, w = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+                if w < width and h < height:
+                    found.append((int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w))
+                    break
+        return found
+
+    def __call__(self, chw, rng):
+        chw = np.array(chw, np.float32)
+        channels, height, width = chw.shape
+        for top, left, h, w in self.boxes(height, width, rng):
+            if self.mode == "pixel":
+                fill = rng.standard_normal((channels, h, w), dtype=np.float32)
+            elif self.mode == "rand":
+                fill = rng.standard_normal((channels, 1, 1), dtype=np.float32)
+            else:
+                fill = np.zeros((channels, 1, 1), np.float32)
+            chw[:, top:top + h, left:left + w] = fill
+        return chw
+
+
 # ---- policies (data, transcribed from timm 1.0's auto_augment.py) --------------------------
 
 def _policy(table, **substitute):

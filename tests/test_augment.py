@@ -344,3 +344,50 @@ def test_none_and_bad_names():
         assert "\n" not in str(info.value) and bad in str(info.value)
     with pytest.raises(UserError):
         A.augment_from_name("autoaug", interpolation="lanczos")
+
+
+# ---- random erasing (after normalisation) ---------------------------------------------------
+
+def test_random_erasing_fills_exactly_its_boxes():
+    x = np.random.default_rng(0).uniform(5, 6, size=(3, 40, 48)).astype(np.float32)  # never N(0,1)-like
+    for mode in ("pixel", "rand", "const"):
+        erase = A.RandomErasing(prob=1.0, mode=mode, max_count=3)
+        for seed in range(30):
+            boxes = erase.boxes(40, 48, np.random.default_rng(seed))
+            out = erase(x, np.random.default_rng(seed))
+            mask = np.zeros((40, 48), bool)
+            for top, left, h, w in boxes:
+                assert 0 <= top and top + h <= 40 and 0 <= left and left + w <= 48 and h < 40 and w < 48
+                mask[top:top + h, left:left + w] = True
+            assert np.array_equal(out[:, ~mask], x[:, ~mask])
+            assert (np.abs(out[:, mask]) < 5).all()  # replaced by noise (|z| < 5) or zeros
+            if mode == "const":
+                assert (out[:, mask] == 0).all()
+            if mode == "rand" and len(boxes) == 1:
+                top, left, h, w = boxes[0]
+                patch = out[:, top:top + h, left:left + w]
+                assert (patch == patch[:, :1, :1]).all()  # one colour per channel
+    assert np.array_equal(A.RandomErasing(prob=0.0)(x, np.random.default_rng(0)), x)
+
+
+def test_random_erasing_area_and_aspect_follow_their_ranges():
+    # one box per call: area fraction in [0.02, 1/3] and aspect h/w in [0.3, 1/0.3], up to the
+    # rounding of h and w to whole pixels; the rate of erased calls is binomial(0.25)
+    erase = A.RandomErasing(prob=0.25)
+    rng = np.random.default_rng(3)
+    calls = [erase.boxes(224, 224, rng) for _ in range(4000)]
+    erased = [b[0] for b in calls if b]
+    assert abs(len(erased) - 1000) < 5 * np.sqrt(4000 * 0.25 * 0.75)
+    for top, left, h, w in erased:
+        area = h * w / 224 ** 2
+        assert 0.02 * 0.9 < area < (1 / 3) * 1.1
+        assert 0.3 * 0.9 < h / w < (1 / 0.3) * 1.1
+    fractions = np.array([h * w / 224 ** 2 for _, _, h, w in erased])
+    assert abs(fractions.mean() - (0.02 + 1 / 3) / 2) < 0.02  # uniform area: mean at mid-range
+
+
+def test_random_erasing_bad_settings():
+    with pytest.raises(UserError):
+        A.RandomErasing(mode="noise")
+    with pytest.raises(UserError):
+        A.RandomErasing(prob=2)
