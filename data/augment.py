@@ -26,7 +26,7 @@ import re
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from common.errors import UserError
+from errors import UserError
 from data.transforms import IMAGENET_MEAN
 
 LEVEL_DENOM = 10.0  # magnitude 10 is the maximum of the paper's ranges

@@ -19,7 +19,7 @@ timm's order: apply?, cutmix?, λ, box centre (y, x).
 """
 import numpy as np
 
-from common.errors import UserError
+from errors import UserError
 
 
 class MixingError(UserError):

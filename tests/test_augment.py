@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from common.errors import UserError
+from errors import UserError
 from data import augment as A
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

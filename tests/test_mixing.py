@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from common.errors import UserError
+from errors import UserError
 from data.mixing import MixupCutmix, cutmix_box, smoothed_one_hot
 
 
