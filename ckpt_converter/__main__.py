@@ -1,11 +1,14 @@
-"""Convert a PyTorch RepVGG checkpoint to a MegEngine checkpoint, or export one back.
+"""Convert a RepVGG checkpoint (official PyTorch, timm, mmpretrain, basecls or PaddleClas) to a
+MegEngine checkpoint, or export one back to PyTorch.
 
     python -m ckpt_converter RepVGG-A0-train.pth --arch RepVGG-A0 -o a0.pkl [--deploy] [--ema]
+    python -m ckpt_converter repvgg_a0.safetensors --arch RepVGG-A0 -o a0.pkl   # timm
     python -m ckpt_converter export a0.pkl -o a0.pth
 
-Reads torch.save files (zip and legacy formats) and .safetensors without PyTorch and without
-running anything from the file. The output is a MegEngine checkpoint ({"arch", "form",
-"num_classes", "state_dict"}) that tools/convert.py, tools/eval.py etc. read.
+Reads torch.save files (zip and legacy formats), .safetensors and plain pickles of arrays
+(megengine.save, paddle.save) without PyTorch and without running anything from the file. The
+layout is detected from the keys (or forced with --layout). The output is a MegEngine checkpoint
+({"arch", "form", "num_classes", "state_dict"}) that tools/convert.py, tools/eval.py etc. read.
 """
 import argparse
 import ctypes
@@ -17,6 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import cli  # noqa: E402
 from common.device import use_device  # noqa: E402
 
+from .layouts import LAYOUTS  # noqa: E402
+
 EPILOG = "To write a MegEngine checkpoint back as a PyTorch .pth: %(prog)s export --help"
 
 
@@ -25,12 +30,17 @@ def parse_import_args(argv):
                                 description=__doc__.split("\n\n")[0], epilog=EPILOG,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("input", metavar="INPUT",
-                   help="PyTorch checkpoint: torch.save file (.pth/.pt, zip or legacy format) or "
-                        ".safetensors; a bare state dict, a {'state_dict'|'model': ...} wrapper or "
+                   help="checkpoint: torch.save file (.pth/.pt, zip or legacy format), "
+                        ".safetensors, or a pickle of arrays (megengine.save .pkl, paddle.save "
+                        ".pdparams); a bare state dict, a {'state_dict'|'model': ...} wrapper or "
                         "a full training checkpoint")
     p.add_argument("--arch", required=True,
                    help="architecture the weights belong to, e.g. RepVGG-A0 (a registered name; "
                         "train or deploy form is detected from the weights)")
+    p.add_argument("--layout", choices=list(LAYOUTS), default=None,
+                   help="whose names the weights use (default: detected from the keys): "
+                        + "; ".join("%s = %s" % (name, layout.written_by)
+                                    for name, layout in LAYOUTS.items()))
     p.add_argument("-o", "--output", required=True, metavar="OUT.pkl",
                    help="MegEngine checkpoint to write (atomically; nothing is written on error)")
     p.add_argument("--deploy", action="store_true",
@@ -83,10 +93,14 @@ def run_import(args):
 
     if _same_file(args.input, args.output):
         raise cli.UserError("--output would overwrite the input; choose another path")
-    model, report = convert(args.input, args.arch, deploy=args.deploy, ema=args.ema)
-    print("read %s: %s format, %d tensors, weights at %s, %s form, %d classes"
-          % (args.input, report["format"], report["tensors"], report["source"], report["form"],
+    model, report = convert(args.input, args.arch, deploy=args.deploy, ema=args.ema,
+                            layout=args.layout)
+    print("read %s: %s format, %d tensors, weights at %s, %s layout%s, %s form, %d classes"
+          % (args.input, report["format"], report["tensors"], report["source"],
+             report["layout"], "" if args.layout is None else " (--layout)", report["form"],
              report["num_classes"]))
+    for note in report["notes"]:
+        print("  " + note)
     for name in sorted(report["placeholders"]):
         print("  object of a class outside the allow-list, kept as an inert placeholder (never "
               "called): %s" % name)

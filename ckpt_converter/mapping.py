@@ -4,10 +4,14 @@ Pure functions on dicts of NumPy arrays (no model code):
 
 - ``extract_state_dict`` finds the weights: a bare state dict, or one under ``state_dict`` /
   ``model`` (nested wrappers too), or the EMA copy of a training checkpoint on request; strips
-  ``module.`` (DataParallel / DDP) and drops ``num_batches_tracked``;
+  ``module.`` (DataParallel / DDP) and drops ``num_batches_tracked`` and Paddle's
+  ``StructuredToParameterName@@`` table;
+- ``check_tensors`` refuses, before anything is built, weights no real checkpoint holds: a
+  classifier that is not 2-D, tensors whose elements are not all stored (zero strides);
 - ``to_megengine`` reshapes each array to the layout the target model expects: PyTorch grouped
-  kernels ``(out, in/g, kh, kw)`` -> MegEngine ``(g, out/g, in/g, kh, kw)``, conv biases
-  ``(out,)`` -> ``(1, out, 1, 1)``; floating arrays become the model's dtype (float32);
+  kernels ``(out, in/g, kh, kw)`` -> MegEngine ``(g, out/g, in/g, kh, kw)``, vectors between
+  ``(C,)`` and ``(1, C, 1, 1)`` (conv biases, MegEngine BatchNorm); floating arrays become the
+  model's dtype (float32);
 - ``to_pytorch`` is the inverse, used by the export.
 Anything that fits no rule is left alone so that the strict check names it.
 """
@@ -20,6 +24,13 @@ from .errors import ConverterError
 WRAPPER_KEYS = ("state_dict", "model", "module", "net")
 EMA_KEYS = ("ema", "model_ema", "state_dict_ema", "ema_state_dict")
 DROPPED_SUFFIXES = (".num_batches_tracked",)
+METADATA_KEYS = ("StructuredToParameterName@@",)  # paddle.save's {key: parameter name} table
+
+
+def _without_metadata(obj):
+    if isinstance(obj, dict) and any(key in obj for key in METADATA_KEYS):
+        return {k: v for k, v in obj.items() if k not in METADATA_KEYS}
+    return obj
 
 
 def _is_state_dict(obj):
@@ -45,6 +56,7 @@ def extract_state_dict(obj, ema=False):
         path.append(found[0])
         obj = obj[found[0]]
     for _ in range(4):  # unwrap {'state_dict': {'model': ...}} and the like
+        obj = _without_metadata(obj)
         if _is_state_dict(obj):
             break
         inner = [k for k in WRAPPER_KEYS if isinstance(obj, dict) and isinstance(obj.get(k), dict)]
@@ -69,6 +81,15 @@ def extract_state_dict(obj, ema=False):
     return state_dict, "/".join(path) or "(top level)"
 
 
+def _vector_length(shape):
+    """C for a shape ``(C,)`` or ``(1, C, 1, 1)`` (biases, BatchNorm), else None."""
+    if len(shape) == 1:
+        return shape[0]
+    if len(shape) == 4 and shape[0] == shape[2] == shape[3] == 1:
+        return shape[1]
+    return None
+
+
 def _fit(array, shape):
     """``array`` reshaped to ``shape`` if the two differ only by a known layout change."""
     src = tuple(array.shape)
@@ -76,8 +97,42 @@ def _fit(array, shape):
         return array
     grouped = (len(src) == 4 and len(shape) == 5 and shape[0] * shape[1] == src[0]
                and shape[2:] == src[1:])
-    bias = len(src) == 1 and shape == (1, src[0], 1, 1)
-    return array.reshape(shape) if grouped or bias else array
+    vector = _vector_length(src) is not None and _vector_length(src) == _vector_length(shape)
+    return array.reshape(shape) if grouped or vector else array
+
+
+def _stored_elements(array):
+    """How many elements of ``array`` are distinct stored values (its byte extent / itemsize)."""
+    if array.size == 0:
+        return 0
+    low, high = np.byte_bounds(array)
+    return (high - low) // array.itemsize
+
+
+def check_tensors(state_dict, what="checkpoint"):
+    """Refuse, before building anything, weights that no real checkpoint holds: a classifier
+    ``linear.weight`` that is not 2-D (or a bias that does not match it), and tensors that
+    repeat their storage (zero or overlapping strides: a broadcast tensor claims any number of
+    elements, e.g. 2^40 classes, while the file holds a handful)."""
+    for key, array in state_dict.items():
+        if array.size > 1 and _stored_elements(array) < array.size:
+            raise ConverterError(
+                "%s: tensor %s of shape %s has %d elements but stores only %d (a broadcast or "
+                "overlapping view); weights must be stored in full"
+                % (what, key, tuple(array.shape), array.size, _stored_elements(array)))
+    weight, bias = state_dict.get("linear.weight"), state_dict.get("linear.bias")
+    if weight is None:
+        raise ConverterError("%s: cannot tell the number of classes: no classifier weight "
+                             "(linear.weight, or head.fc.weight in the timm, mmpretrain and "
+                             "basecls layouts)" % what)
+    if weight.ndim != 2:
+        raise ConverterError("%s: the classifier weight linear.weight has shape %s; a Linear "
+                             "layer's weight is 2-D (classes, features)"
+                             % (what, tuple(weight.shape)))
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ConverterError("%s: linear.bias has shape %s, linear.weight %s (classes, features)"
+                             % (what, tuple(bias.shape), tuple(weight.shape)))
+    return int(weight.shape[0])
 
 
 def to_megengine(state_dict, expected):

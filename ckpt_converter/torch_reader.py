@@ -46,27 +46,6 @@ def map_file(path):
         raise ConverterError("cannot read %s: permission denied" % path) from None
 
 
-def release_pages(array):
-    """Let the kernel drop the resident pages of the memory-mapped file under ``array``.
-
-    The map is read-only and file-backed, so the data stays valid: pages are read again from
-    the page cache if touched later. Used once a tensor has been copied into the model, so that
-    resident memory holds about one copy of the weights, not two. No-op for other arrays."""
-    base = array
-    while not isinstance(base, mmap.mmap):  # views, as_strided's DummyArray, memoryview
-        base = base.obj if isinstance(base, memoryview) else getattr(base, "base", None)
-        if base is None:
-            return
-    if array.size == 0:
-        return
-    start = np.frombuffer(base, dtype=np.uint8, count=1).__array_interface__["data"][0]
-    low, high = np.byte_bounds(array)
-    first = (low - start) // mmap.PAGESIZE * mmap.PAGESIZE
-    last = min(len(base), -(-(high - start) // mmap.PAGESIZE) * mmap.PAGESIZE)
-    if 0 <= first < last:
-        base.madvise(mmap.MADV_DONTNEED, first, last - first)
-
-
 def _bytes_at(buf, start, length, what):
     """A zero-copy uint8 view of ``buf[start:start+length]``, bounds-checked."""
     if start < 0 or length < 0 or start + length > len(buf):
@@ -282,10 +261,38 @@ def materialize(tree, storage_bytes, path):
     return tree, count[0]
 
 
+def is_legacy(buf):
+    """Whether ``buf`` starts like a legacy ``torch.save`` file (a pickled magic number) rather
+    than a plain pickle (``megengine.save``, ``paddle.save``)."""
+    return LEGACY_MAGIC.to_bytes(10, "little") in bytes(buf[:32])
+
+
+def read_plain_pickle(buf, path):
+    """``(tree, info)`` of a file that is one pickle of dicts and NumPy arrays, as
+    ``megengine.save`` (MegEngine, basecls) and ``paddle.save`` (``.pdparams``) write; read by
+    the same allow-list unpickler (arrays are loaded into memory)."""
+    tree, unpickler = unpickle(_ByteStream(buf), path)
+    count = [0]
+
+    def walk(obj, depth=0):
+        if isinstance(obj, np.ndarray):
+            count[0] += 1
+        elif isinstance(obj, dict) and depth < 8:
+            for value in obj.values():
+                walk(value, depth + 1)
+
+    walk(tree)
+    return tree, {"format": "pickle", "tensors": count[0],
+                  "placeholders": dict(unpickler.placeholders)}
+
+
 def read_torch_file(buf, path):
-    """``(tree, info)`` of a ``torch.save`` file held in ``buf`` (a memory map)."""
+    """``(tree, info)`` of a ``torch.save`` file held in ``buf`` (a memory map), or of a plain
+    pickle (see ``read_plain_pickle``)."""
     if buf[:4] == ZIP_MAGIC:
         fmt, (tree, unpickler, storage_bytes) = "zip", read_zip(buf, path)
+    elif buf[:1] == b"\x80" and not is_legacy(buf):
+        return read_plain_pickle(buf, path)
     elif buf[:1] == b"\x80":
         fmt, (tree, unpickler, storage_bytes) = "legacy", read_legacy(buf, path)
     else:

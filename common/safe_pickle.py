@@ -33,6 +33,27 @@ NUMPY_GLOBALS = {
 CONTAINER_GLOBALS = {("collections", "OrderedDict")}
 
 
+def _bytearray(source=b"", encoding=None, errors="strict"):
+    """``bytearray`` of bytes or text only: ``bytearray(n)`` would allocate n bytes on request."""
+    if isinstance(source, str) and encoding is not None:
+        return bytearray(source, encoding, errors)
+    if isinstance(source, (bytes, bytearray)):
+        return bytearray(source)
+    raise UnsafePickleError("refusing to load: the file asks for bytearray(%s), which allocates "
+                            "on request; only bytes or text are accepted" % type(source).__name__)
+
+
+# Builtin types that only hold data; protocol 0-2 pickles name them under __builtin__, later ones
+# under builtins (e.g. the set in a yacs CfgNode of an official training checkpoint). Everything
+# else in builtins (eval, exec, getattr, open, __import__ ...) stays refused.
+HARMLESS_BUILTINS = {
+    (module, name): target
+    for module in ("builtins", "__builtin__")
+    for name, target in (("set", set), ("frozenset", frozenset), ("slice", slice),
+                         ("complex", complex), ("bytearray", _bytearray))
+}
+
+
 class UnsafePickleError(Exception):
     """The file asked for a global that is not allowed; the message names it."""
 
@@ -91,7 +112,8 @@ class SafeUnpickler(pickle.Unpickler):
     """Unpickler with an allow-list of globals.
 
     allowed:      {(module, name): object} — what each allowed global resolves to. Pass ``None``
-                  as the object to import the real global (only for known-safe names).
+                  as the object to import the real global (only for known-safe names). The
+                  data-only builtins of ``HARMLESS_BUILTINS`` are always allowed.
     placeholders: when true, globals that are neither allowed nor denied become inert
                   ``Placeholder`` classes and are listed in ``self.placeholders``; when false
                   they are refused.
@@ -100,7 +122,8 @@ class SafeUnpickler(pickle.Unpickler):
 
     def __init__(self, file, allowed, placeholders=False, refuse=None, encoding="ASCII"):
         super().__init__(file, encoding=encoding)
-        self._allowed = dict(allowed)
+        self._allowed = dict(HARMLESS_BUILTINS)
+        self._allowed.update(allowed)
         self._use_placeholders = placeholders
         self._refuse = refuse
         self.placeholders = collections.Counter()

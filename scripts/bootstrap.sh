@@ -70,11 +70,14 @@ case "${1:-main}" in
         # checkpoint's config, timm) and the inference peers of the deploy benchmark (ONNX Runtime,
         # OpenVINO). timm and torchvision go in without their dependencies: any torchvision but the
         # one built for torch 2.13 would pull another torch.
-        TORCH_EXTRAS="numpy onnx==1.23.* onnxruntime==1.23.* openvino==2026.4.* yacs==0.1.8 pyyaml huggingface_hub safetensors"
-        EXTRA_NODEPS="torchvision==0.28.* timm==1.0.*"
+        # The checkpoint-layout fixtures also need mmpretrain (with the pure-Python mmcv-lite its
+        # version range accepts) and PaddlePaddle; PaddleClas goes in without its dependencies
+        # (only its RepVGG model file is used, see tests/torch_ref/layout_fixtures.py).
+        TORCH_EXTRAS="numpy onnx==1.23.* onnxruntime==1.23.* openvino==2026.4.* yacs==0.1.8 pyyaml huggingface_hub safetensors mmpretrain==1.2.0 mmcv-lite==2.1.0 mmengine==0.10.7 paddlepaddle==3.3.1"
+        EXTRA_NODEPS="torchvision==0.28.* timm==1.0.* paddleclas==2.6.0"
         # torchvision's import registers kernels for ops its CPU-less wheel lacks; the fixture script
         # guards that, so only its presence is checked here.
-        CHECK='import torch, yacs, onnx, onnxruntime, openvino, importlib.metadata as m; m.version("timm"); m.version("torchvision"); assert torch.__version__.startswith("2.13.0")'
+        CHECK='import torch, yacs, onnx, onnxruntime, openvino, paddle, mmengine, importlib.metadata as m; m.version("timm"); m.version("torchvision"); m.version("mmpretrain"); m.version("paddleclas"); assert torch.__version__.startswith("2.13.0")'
         make_venv .torchvenv 3.11 "${PYTHON311:-}" "torch==2.13.0 $TORCH_EXTRAS $EXTRA_NODEPS" "torch==2.13.0" $TORCH_EXTRAS
         ;;
     *)

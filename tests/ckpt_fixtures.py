@@ -18,6 +18,9 @@ TORCH_PY = os.path.join(ROOT, ".torchvenv", "bin", "python")
 TORCH_REF = os.path.join(ROOT, "tests", "torch_ref")
 FIXTURES = os.path.join(ROOT, "tests", ".fixtures", "torch")
 SOURCES = [os.path.join(TORCH_REF, name) for name in ("make_fixtures.py", "repvgg_ref.py")]
+LAYOUT_FIXTURES = os.path.join(ROOT, "tests", ".fixtures", "layouts")
+# the libraries whose checkpoint layouts tests/torch_ref/layout_fixtures.py writes
+LIBRARIES = ("timm", "mmpretrain", "basecls", "paddleclas")
 
 
 def require_torch_venv():
@@ -38,24 +41,46 @@ def run_torch(*args, timeout=300):
     return proc
 
 
-def _stale():
-    manifest = os.path.join(FIXTURES, "manifest.json")
+def _stale(folder, sources):
+    manifest = os.path.join(folder, "manifest.json")
     if not os.path.exists(manifest):
         return True
-    return os.path.getmtime(manifest) < max(os.path.getmtime(p) for p in SOURCES)
+    return os.path.getmtime(manifest) < max(os.path.getmtime(p) for p in sources)
+
+
+def _generate(folder, sources, *args):
+    """Run a fixture script into a temp folder and rename it into place, if ``folder`` is
+    missing or older than ``sources``; returns the folder's manifest."""
+    if _stale(folder, sources):
+        tmp = folder + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        run_torch(*args[:1], tmp, *args[1:])
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(os.path.dirname(folder), exist_ok=True)
+        os.replace(tmp, folder)
+    with open(os.path.join(folder, "manifest.json")) as f:
+        return json.load(f)
 
 
 @pytest.fixture(scope="session")
 def torch_fixtures():
     """(folder, manifest) of the PyTorch-written fixtures; generated when missing or stale."""
-    if _stale():
-        tmp = FIXTURES + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        run_torch(os.path.join(TORCH_REF, "make_fixtures.py"), tmp)
-        shutil.rmtree(FIXTURES, ignore_errors=True)
-        os.replace(tmp, FIXTURES)
-    with open(os.path.join(FIXTURES, "manifest.json")) as f:
-        return FIXTURES, json.load(f)
+    return FIXTURES, _generate(FIXTURES, SOURCES, os.path.join(TORCH_REF, "make_fixtures.py"))
+
+
+@pytest.fixture(scope="session")
+def layout_fixtures(torch_fixtures):
+    """{library: (folder, manifest)} of the checkpoints written by timm, mmpretrain and
+    PaddleClas (and built in basecls's published layout) on the torch fixtures' input;
+    generated when missing or stale."""
+    script = os.path.join(TORCH_REF, "layout_fixtures.py")
+    sources = SOURCES + [script]
+    x = os.path.join(torch_fixtures[0], "input.npy")
+    out = {}
+    for library in LIBRARIES:
+        folder = os.path.join(LAYOUT_FIXTURES, library)
+        out[library] = folder, _generate(folder, sources, script, library, x)
+    return out
 
 
 def megengine_builder(spec):

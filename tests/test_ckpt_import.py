@@ -7,6 +7,7 @@ import pytest
 import megengine as mge
 
 from ckpt_converter import ConverterError, convert, load_torch_checkpoint, read_checkpoint
+from errors import CheckpointError
 from ckpt_fixtures import assert_logits_close, megengine_builder, torch_fixtures  # noqa: F401
 from common.checkpoint import load_checkpoint
 from helpers import one_line_error, run_tool
@@ -59,14 +60,19 @@ def test_full_training_checkpoint_ema_and_placeholders(torch_fixtures):  # noqa:
     assert report["source"] == "ema"
     assert_logits_close(megengine_logits(model, folder),
                         np.load(os.path.join(folder, case["ema_logits"])))
-    # The yacs config became inert placeholders, reported by name; yacs was never imported.
+    # The real yacs config (official train/config.py style, frozen) became inert placeholders,
+    # reported by name; yacs was never imported. Its bookkeeping set (__builtin__.set at
+    # protocol 2) is a real set.
     assert report["placeholders"] == {"yacs.config.CfgNode": 1}
     import sys
     assert "yacs" not in sys.modules
     obj = load_torch_checkpoint(path)
+    assert {"model", "optimizer", "lr_scheduler", "max_accuracy", "epoch", "config"} <= set(obj)
     config = obj["config"]
     assert type(config).__name__ == "Placeholder_CfgNode"
     assert config.items["SEED"] == 0 and config.items["MODEL"].items["NUM_CLASSES"] == 10
+    assert config.state["__immutable__"] is True
+    assert type(config.state["__deprecated_keys__"]) is set
     assert obj["epoch"] == 3 and float(obj["max_accuracy"]) == 12.5
     assert set(obj["optimizer"]) == {"state", "param_groups"}
     assert all(isinstance(s["momentum_buffer"], np.ndarray)
@@ -123,7 +129,7 @@ def test_strict_mismatch_names_keys(torch_fixtures):  # noqa: F811
     folder, manifest = torch_fixtures
     src = os.path.join(folder, manifest["cases"]["g2_train_fp16_zip"]["file"])
     spec = dict(manifest["cases"]["g2_train_fp16_zip"]["spec"], groups=1)
-    with pytest.raises(ConverterError, match="mis-shaped: .*rbr_dense.conv.weight"):
+    with pytest.raises(CheckpointError, match="mis-shaped: .*rbr_dense.conv.weight"):
         convert(src, megengine_builder(spec))
     with pytest.raises(ConverterError, match="no EMA weights"):
         convert(src, megengine_builder(manifest["cases"]["g2_train_fp16_zip"]["spec"]), ema=True)
@@ -142,7 +148,7 @@ SMALL_SPECS = {
 @pytest.mark.parametrize("deploy", [False, True])
 def test_expected_shapes_match_state_dict(spec, deploy):
     """The strict check reads shapes without state_dict(); they must be state_dict()'s."""
-    from ckpt_converter.model_io import expected_arrays
+    from ckpt_converter.loading import expected_arrays
     from model.checkpoint import expected_shapes, numpy_state_dict
     net = megengine_builder(SMALL_SPECS[spec])(deploy=deploy, num_classes=10)
     reference = net.state_dict()

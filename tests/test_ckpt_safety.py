@@ -68,6 +68,26 @@ def test_hostile_globals_are_refused_and_never_run(tmp_path, global_name, wrap):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("module", ["builtins", "__builtin__"])
+def test_harmless_builtins_load_and_the_rest_of_builtins_stays_refused(tmp_path, module):
+    values = {"set": ([1, 2],), "frozenset": ([3],), "slice": (1, 5, 2), "complex": (1.5, -2.0),
+              "bytearray": ("ab", "latin1")}
+    expected = {"set": {1, 2}, "frozenset": frozenset([3]), "slice": slice(1, 5, 2),
+                "complex": complex(1.5, -2.0), "bytearray": bytearray(b"ab")}
+    for name, args in values.items():
+        path = tmp_path / ("%s.pth" % name)
+        path.write_bytes(call_pickle(module, name, *args))
+        assert load_torch_checkpoint(str(path)) == expected[name]
+    marker = tmp_path / "marker"
+    for name, args in [("getattr", (1, "real")), ("open", (str(marker), "w")),
+                       ("__import__", ("os",)), ("bytearray", (2 ** 40,))]:
+        path = tmp_path / ("%s.pth" % name)
+        path.write_bytes(call_pickle(module, name, *args))
+        with pytest.raises(ConverterError, match="refusing to load: the file asks for"):
+            load_torch_checkpoint(str(path))
+    assert not marker.exists()
+
+
 def test_hostile_file_via_cli(tmp_path):
     marker = tmp_path / "marker"
     path = tmp_path / "evil.pth"

@@ -1,18 +1,21 @@
 """Benchmark: reading a RepVGG-B3-sized PyTorch checkpoint with ckpt_converter vs torch.load.
 
-    .venv/bin/python tools/bench_ckpt.py            # or: make bench-ckpt
+    .venv/bin/python tools/bench_ckpt.py [--rounds 5]     # or: make bench-ckpt
 
 Writes a train-form RepVGG-B3 state dict (official names and shapes, random values, ~0.5 GB)
-with real PyTorch in a temporary folder, then measures each operation in a fresh process:
-wall time of the operation itself (imports excluded) and the process's peak resident memory
-(VmHWM of /proc/self/status, i.e. the peak RSS of that process alone; ru_maxrss would
-include the parent's peak, as Linux carries it across exec), also shown as the increase over
-the process's peak right after its imports.
+with real PyTorch in a temporary folder, then measures each operation in a fresh process (one
+process alive at a time; the operations interleaved round by round; medians reported): wall
+time of the operation itself (imports excluded) and the process's peak resident memory (VmHWM
+of /proc/self/status, i.e. the peak RSS of that process alone; ru_maxrss would include the
+parent's peak, as Linux carries it across exec), also shown as the increase over the process's
+peak right after its imports. Before timing, each operation's result is checked against
+torch.load's: a checksum of every tensor (sum and sum of squares, in float64) must agree to 1e-9.
 Needs the PyTorch venv (.torchvenv, `make setup-torch`).
 """
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,7 +30,7 @@ TORCH_PY = os.path.join(ROOT, ".torchvenv", "bin", "python")
 # Runs in a fresh interpreter: argv = [mode, checkpoint path, output folder].
 CHILD = r"""
 import json, os, resource, sys, time
-mode, path, out = sys.argv[1:4]
+mode, path, out, check = sys.argv[1:5]
 sys.path.insert(0, os.getcwd())
 def peak():  # MB; VmHWM is this process's own high-water mark (ru_maxrss survives exec)
     for line in open("/proc/self/status"):
@@ -57,7 +60,23 @@ elif mode == "cli":
     with contextlib.redirect_stdout(io.StringIO()):
         cli_main([path, "--arch", "RepVGG-B3", "-o", os.path.join(out, "b3.pkl")])
 wall = time.perf_counter() - t0
-print(json.dumps({"wall": wall, "peak": peak(), "base": base}))
+result = {"wall": wall, "peak": peak(), "base": base}
+if check == "1":  # checksums of every tensor, in the official (PyTorch) names and layouts
+    import numpy as np
+    if mode == "torch.load":
+        arrays = {k: v.numpy() for k, v in obj.items()}
+    elif mode == "cli":
+        from common.checkpoint import load_checkpoint
+        arrays = ckpt_converter.to_pytorch(load_checkpoint(os.path.join(out, "b3.pkl"))["state_dict"])
+    elif mode == "convert":
+        from ckpt_converter.loading import numpy_state_dict
+        arrays = ckpt_converter.to_pytorch(numpy_state_dict(obj[0]))
+    else:
+        arrays = obj
+    result["sums"] = {k: [float(np.asarray(v, np.float64).sum()),
+                          float((np.asarray(v, np.float64) ** 2).sum())]
+                      for k, v in arrays.items() if not k.endswith("num_batches_tracked")}
+print(json.dumps(result))
 """
 
 # Runs under the torch venv: writes random tensors of the given shapes with torch.save.
@@ -96,18 +115,36 @@ def make_checkpoint(folder, arch):
     return path
 
 
-def measure(python, mode, path, folder):
-    proc = subprocess.run([python, "-c", CHILD, mode, path, folder], cwd=ROOT,
-                          capture_output=True, text=True)
+def measure(python, mode, path, folder, check=False):
+    proc = subprocess.run([python, "-c", CHILD, mode, path, folder, "1" if check else "0"],
+                          cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise cli.UserError("%s failed: %s" % (mode, proc.stderr.strip().splitlines()[-1:]))
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def check_outputs(operations, path, folder):
+    """Every operation's tensors against torch.load's, by checksum, before anything is timed."""
+    reference = measure(TORCH_PY, "torch.load", path, folder, check=True)["sums"]
+    for mode, python, _label in operations[1:]:
+        sums = measure(python, mode, path, folder, check=True)["sums"]
+        if sorted(sums) != sorted(reference):
+            raise cli.UserError("%s: other tensors than torch.load's" % mode)
+        for key, (total, squares) in reference.items():
+            # the same float32 values; float64 sums differ only by summation order (the two
+            # venvs' NumPy versions)
+            tolerance = 1e-9 * (squares + 1.0)
+            if abs(sums[key][0] - total) > tolerance or abs(sums[key][1] - squares) > tolerance:
+                raise cli.UserError("%s: tensor %s differs from torch.load's" % (mode, key))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--repeat", type=int, default=1, help="runs per operation (best time kept)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds; each runs every operation once, in turn (medians reported)")
+    p.add_argument("--only", nargs="+", choices=[op[0] for op in OPERATIONS[1:]],
+                   help="time only these operations (torch.load always runs)")
     p.add_argument("--keep", metavar="DIR", help="work in DIR and keep the files (default: a "
                    "temporary folder, removed afterwards)")
     args = p.parse_args(argv)
@@ -120,13 +157,21 @@ def main(argv=None):
         path = make_checkpoint(folder, "RepVGG-B3")
         size_mb = os.path.getsize(path) / 2 ** 20
         print("%s: %.0f MB\n" % (os.path.basename(path), size_mb))
+        operations = [op for op in OPERATIONS
+                      if op[0] == "torch.load" or not args.only or op[0] in args.only]
+        print("checking every operation's tensors against torch.load's ...", flush=True)
+        check_outputs(operations, path, folder)
+        runs = {mode: [] for mode, _, _ in operations}
+        for round_ in range(args.rounds):
+            print("round %d/%d" % (round_ + 1, args.rounds), flush=True)
+            for mode, python, _label in operations:
+                runs[mode].append(measure(python, mode, path, folder))
         rows = []
-        for mode, python, label in OPERATIONS:
-            runs = [measure(python, mode, path, folder) for _ in range(args.repeat)]
-            best = min(runs, key=lambda r: r["wall"])
-            best["peak"] = max(r["peak"] for r in runs)
-            rows.append((mode, label, best))
+        for mode, _python, label in operations:
+            rows.append((mode, label, {key: statistics.median(r[key] for r in runs[mode])
+                                       for key in ("wall", "peak", "base")}))
         ref = rows[0][2]
+        print()
         print("| operation | wall s | x torch.load | peak RSS MB | added over imports MB | "
               "added / file size |")
         print("| --- | ---: | ---: | ---: | ---: | ---: |")

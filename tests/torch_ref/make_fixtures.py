@@ -13,7 +13,6 @@ import copy
 import json
 import os
 import sys
-import types
 
 import numpy as np
 import torch
@@ -86,22 +85,23 @@ def views_into_one_storage(state_dict):
     return out
 
 
-def fake_yacs_config():
-    """A CfgNode-like object pickled under the module name yacs.config (as the official
-    training script's config is); the converter must never import or call it."""
-    module = types.ModuleType("yacs.config")
+def yacs_config():
+    """The training config as the official train/config.py builds it: a real yacs CfgNode tree,
+    cloned and frozen (pickled, it names yacs.config.CfgNode and, at protocol 2,
+    __builtin__.set for the node's bookkeeping)."""
+    from yacs.config import CfgNode as CN
 
-    class CfgNode(dict):
-        def __init__(self, init=None):
-            super().__init__(init or {})
-            self.__dict__["_immutable"] = True
-
-    CfgNode.__module__, CfgNode.__qualname__ = "yacs.config", "CfgNode"
-    module.CfgNode = CfgNode
-    sys.modules["yacs"] = types.ModuleType("yacs")
-    sys.modules["yacs.config"] = module
-    return CfgNode({"MODEL": CfgNode({"ARCH": "RepVGG-tiny", "NUM_CLASSES": 10}),
-                    "TRAIN": CfgNode({"EPOCHS": 120, "BASE_LR": 0.1}), "SEED": 0})
+    cfg = CN()
+    cfg.MODEL = CN()
+    cfg.MODEL.ARCH = "RepVGG-tiny"
+    cfg.MODEL.NUM_CLASSES = 10
+    cfg.TRAIN = CN()
+    cfg.TRAIN.EPOCHS = 120
+    cfg.TRAIN.BASE_LR = 0.1
+    cfg.SEED = 0
+    config = cfg.clone()
+    config.freeze()
+    return config
 
 
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -202,15 +202,27 @@ def main(out):
     optimizer.zero_grad()
     scheduler.step()
     randomize(tiny, 5)  # keep BN statistics random after the step
+    # official main.py's save_checkpoint layout (plus the EMA copy its --EMA option adds)
     training = {"model": tiny.state_dict(), "optimizer": optimizer.state_dict(),
                 "lr_scheduler": scheduler.state_dict(), "max_accuracy": np.float64(12.5),
-                "epoch": 3, "config": fake_yacs_config(), "ema": ema.state_dict()}
+                "epoch": 3, "config": yacs_config(), "ema": ema.state_dict()}
     case("tiny_full_training_zip", "tiny", tiny, training, form="train",
          ema_logits="tiny_full_training_zip.ema_logits.npy")
     np.save(os.path.join(out, "tiny_full_training_zip.ema_logits.npy"), logits(ema, x))
     case("tiny_train_safetensors", "tiny", tiny,
          {k: v for k, v in tiny.state_dict().items() if not k.endswith("num_batches_tracked")},
          "safetensors", form="train")
+
+    # Bad heads, as torch.save writes them: a broadcast classifier (zero strides, 2^40 elements
+    # over one stored row) and a classifier weight that is not 2-D.
+    features = tiny.linear.in_features
+    bad = dict(tiny.state_dict())
+    bad["linear.weight"] = torch.zeros(1, features).expand(2 ** 40 // features, features)
+    bad["linear.bias"] = torch.zeros(1).expand(2 ** 40 // features)
+    torch.save(bad, os.path.join(out, "bad_broadcast_head.pth"))
+    bad = dict(tiny.state_dict())
+    bad["linear.weight"] = tiny.linear.weight.detach().reshape(10, features // 16, 16)
+    torch.save(bad, os.path.join(out, "bad_3d_head.pth"))
 
     tensors, expected = assorted_dtypes()
     torch.save(tensors, os.path.join(out, "dtypes_zip.pth"))
