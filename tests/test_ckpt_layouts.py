@@ -13,7 +13,8 @@ from ckpt_converter.layouts import LAYOUTS
 from ckpt_converter.mapping import extract_state_dict
 from ckpt_fixtures import (LIBRARIES, assert_logits_close, layout_fixtures,  # noqa: F401
                            megengine_builder, torch_fixtures)
-from common.checkpoint import load_checkpoint, model_from_checkpoint
+from common.checkpoint import load_checkpoint
+from model.checkpoint import model_from_checkpoint
 from helpers import one_line_error, run_tool
 
 # (library, case) for every file the fixture script writes; checked against its manifest below.
