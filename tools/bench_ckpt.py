@@ -69,7 +69,7 @@ if check == "1":  # checksums of every tensor, in the official (PyTorch) names a
         from common.checkpoint import load_checkpoint
         arrays = ckpt_converter.to_pytorch(load_checkpoint(os.path.join(out, "b3.pkl"))["state_dict"])
     elif mode == "convert":
-        from ckpt_converter.loading import numpy_state_dict
+        from model.checkpoint import numpy_state_dict
         arrays = ckpt_converter.to_pytorch(numpy_state_dict(obj[0]))
     else:
         arrays = obj
