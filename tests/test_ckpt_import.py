@@ -159,3 +159,22 @@ def test_expected_shapes_match_state_dict(spec, deploy):
     assert set(fast) == set(reference)
     for key, value in reference.items():
         np.testing.assert_array_equal(fast[key], value, err_msg=key)
+
+
+def test_uninitialised_building_is_local_to_its_context():
+    """Models built inside ``uninitialised()`` skip MegEngine's random initialisation; models
+    built in another context meanwhile (a task, or a thread where MegEngine allows one), or
+    afterwards, are initialised as usual."""
+    import contextvars
+
+    import megengine.module as M
+
+    from ckpt_converter.loading import uninitialised
+
+    def weight():
+        return M.Conv2d(8, 8, 3).weight.numpy()
+
+    with uninitialised():
+        assert not weight().any()  # the zeros MegEngine allocates, never overwritten
+        other = contextvars.Context().run(weight)  # a fresh context, as a new thread has
+    assert other.std() > 0 and weight().std() > 0
