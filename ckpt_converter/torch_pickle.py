@@ -18,7 +18,6 @@ in this module (they only record data), on top of ``common.safe_pickle.SafeUnpic
 import collections
 import dataclasses
 import io
-import pickle
 
 from common.safe_pickle import NUMPY_GLOBALS, SafeUnpickler, UnsafePickleError
 
