@@ -1,10 +1,10 @@
 """Checkpoint file -> MegEngine model: read, find the weights, map the layout, check, load
 strictly, fuse."""
+import functools
 import logging
 
 from model.checkpoint import check_shapes, detect_form
 
-from .errors import ConverterError
 from .layouts import detect_layout, get_layout, to_official
 from .loading import expected_arrays, load_arrays, uninitialised
 from .mapping import check_tensors, extract_state_dict, to_megengine
@@ -35,18 +35,14 @@ def load_torch_checkpoint(path):
 
 
 def _builder(arch):
+    """``(build(deploy, num_classes), name)``; an unknown registered name raises the registry's
+    ``UnknownModelError`` (a ``UserError``) when building."""
     if callable(arch):
         func = getattr(arch, "func", arch)  # functools.partial
         return arch, "custom %s" % getattr(func, "__name__", type(func).__name__)
-    from model import UnknownModelError, get_model
+    from model import get_model
 
-    def build(deploy, num_classes):
-        try:
-            return get_model(arch, deploy=deploy, num_classes=num_classes)
-        except UnknownModelError as e:
-            raise ConverterError(str(e)) from None
-
-    return build, arch
+    return functools.partial(get_model, arch), arch
 
 
 def convert(path, arch, deploy=False, ema=False, layout=None):

@@ -7,7 +7,7 @@ import pytest
 import megengine as mge
 
 from ckpt_converter import ConverterError, convert, load_torch_checkpoint, read_checkpoint
-from errors import CheckpointError
+from errors import CheckpointError, UserError
 from ckpt_fixtures import assert_logits_close, megengine_builder, torch_fixtures  # noqa: F401
 from common.checkpoint import load_checkpoint
 from helpers import one_line_error, run_tool
@@ -133,7 +133,7 @@ def test_strict_mismatch_names_keys(torch_fixtures):  # noqa: F811
         convert(src, megengine_builder(spec))
     with pytest.raises(ConverterError, match="no EMA weights"):
         convert(src, megengine_builder(manifest["cases"]["g2_train_fp16_zip"]["spec"]), ema=True)
-    with pytest.raises(ConverterError, match="unknown architecture 'RepVGG-Z9'"):
+    with pytest.raises(UserError, match="unknown architecture 'RepVGG-Z9'"):
         convert(src, "RepVGG-Z9")
 
 
