@@ -5,7 +5,8 @@
 Writes a train-form RepVGG-B3 state dict (official names and shapes, random values, ~0.5 GB)
 with real PyTorch in a temporary folder, then measures each operation in a fresh process (one
 process alive at a time; the operations interleaved round by round; medians reported): wall
-time of the operation itself (imports excluded) and the process's peak resident memory (VmHWM
+time and CPU time (user + system, all threads; steadier than wall time on a busy machine) of
+the operation itself (imports excluded) and the process's peak resident memory (VmHWM
 of /proc/self/status, i.e. the peak RSS of that process alone; ru_maxrss would include the
 parent's peak, as Linux carries it across exec), also shown as the increase over the process's
 peak right after its imports. Before timing, each operation's result is checked against
@@ -46,6 +47,7 @@ else:
     import ckpt_converter
     from ckpt_converter.__main__ import main as cli_main
 base = peak()
+cpu0 = time.process_time()
 t0 = time.perf_counter()
 if mode == "torch.load":
     obj = torch.load(path)
@@ -65,7 +67,8 @@ elif mode == "cli":
     with contextlib.redirect_stdout(io.StringIO()):
         cli_main([path, "--arch", "RepVGG-B3", "-o", os.path.join(out, "b3.pkl")])
 wall = time.perf_counter() - t0
-result = {"wall": wall, "peak": peak(), "base": base}
+cpu = time.process_time() - cpu0
+result = {"wall": wall, "cpu": cpu, "peak": peak(), "base": base}
 if check == "1":  # checksums of every tensor, in the official (PyTorch) names and layouts
     import numpy as np
     if mode == "torch.load":
@@ -178,16 +181,17 @@ def main(argv=None):
         rows = []
         for mode, _python, label in operations:
             rows.append((mode, label, {key: statistics.median(r[key] for r in runs[mode])
-                                       for key in ("wall", "peak", "base")}))
+                                       for key in ("wall", "cpu", "peak", "base")}))
         ref = rows[0][2]
         print()
-        print("| operation | wall s | x torch.load | peak RSS MB | added over imports MB | "
-              "added / file size |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        print("| operation | wall s | x torch.load | CPU s | x torch.load | peak RSS MB | "
+              "added over imports MB | added / file size |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for mode, label, r in rows:
             added = r["peak"] - r["base"]
-            print("| %s | %.2f | %.2f | %.0f | %.0f | %.2f |" % (
-                label, r["wall"], r["wall"] / ref["wall"], r["peak"], added, added / size_mb))
+            print("| %s | %.2f | %.2f | %.2f | %.2f | %.0f | %.0f | %.2f |" % (
+                label, r["wall"], r["wall"] / ref["wall"], r["cpu"], r["cpu"] / ref["cpu"],
+                r["peak"], added, added / size_mb))
     return 0
 
 
