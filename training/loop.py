@@ -22,10 +22,10 @@ from model.checkpoint import (arch_label, build_model, checkpoint_dict, load_wei
 from model.parity import check_parity, format_row
 
 from . import state as train_state
-from .hooks import after_optimizer_step
 from .metrics import MetricsCSV, plot_curves
 from .optimizer import build_sgd, set_lr
 from .schedule import lr_at
+from .step import TrainStep
 
 log = logging.getLogger("train")
 
@@ -81,6 +81,7 @@ class Trainer:
                                    custom_l2=cfg["custwd"], bias_lr_mult=cfg["bias_lr_mult"])
         callbacks = [dist.make_allreduce_cb("mean")] if world_size > 1 else []
         self.gm = GradManager().attach(self.model.parameters(), callbacks=callbacks)
+        self.train_step = TrainStep(self.model, self.optimizer, self.loss_of, self.gm)
         self.train_loader, self.train_sampler = make_loader(
             splits.train, splits.train_transform, cfg["batch_size"], shuffle=True,
             seed=cfg["seed"], workers=cfg["workers"], world_size=world_size, rank=rank,
@@ -166,25 +167,18 @@ class Trainer:
                 break
             lr = lr_at(self.step, cfg["lr"], self.total_steps, self.warmup_steps)
             set_lr(self.optimizer, lr)
-            with self.gm:
-                logits = model(mge.tensor(images))
-                loss, logits = self.loss_of(logits, mge.tensor(labels))
-                self.gm.backward(loss)
-            value = float(loss.numpy())
+            value, logits = self.train_step(images, labels)  # no update when not finite
             if not math.isfinite(value):
-                self.optimizer.clear_grad()
                 raise LossNotFinite(
                     "loss is %s at epoch %d, step %d (lr %.4g); stopped. The last good "
                     "checkpoint is %s (after epoch %d); try a lower --lr"
                     % (value, self.epoch + 1, self.step + 1, lr, self.path("latest.pkl"),
                        self.epoch))
-            self.optimizer.step().clear_grad()
-            after_optimizer_step(model)
             self.step += 1
             n = len(labels)
             seen += n
             loss_sum += value * n
-            correct += int((logits.numpy().argmax(1) == labels).sum())
+            correct += int((logits.argmax(1) == labels).sum())
             skipped += self.note_skipped(bad)
             rate = seen * self.world_size / max(time.time() - start, 1e-9)
             bar.set_postfix(loss="%.3f" % (loss_sum / seen), acc="%.1f%%" % (100 * correct / seen),
