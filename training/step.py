@@ -22,6 +22,7 @@ from megengine.autodiff import GradManager
 from megengine.jit import trace
 
 from .hooks import after_optimizer_step
+from .losses import soft_target_cross_entropy
 
 
 def cross_entropy(logits, targets, label_smoothing=0.0):
@@ -31,7 +32,7 @@ def cross_entropy(logits, targets, label_smoothing=0.0):
         return F.nn.cross_entropy(logits, targets, label_smooth=label_smoothing)
     if label_smoothing:
         targets = targets * (1 - label_smoothing) + label_smoothing / logits.shape[1]
-    return -(targets * F.logsoftmax(logits, axis=1)).sum(axis=1).mean()
+    return soft_target_cross_entropy(logits, targets)
 
 
 def classification_loss(label_smoothing=0.0, aux_weight=0.1, extra=None):
