@@ -1,8 +1,8 @@
 """Training throughput (images/s) of this project vs the official PyTorch model, side by side.
 
-    python tools/bench_train.py                          # RepVGG-A0, 32x32 and 224x224, batch 32, 2 threads
+    python tools/bench_train.py                 # RepVGG-A0, 32x32 and 224x224, batch 32, 2 threads
     python tools/bench_train.py --sizes 224 --rounds 5
-    python tools/bench_train.py --profile                # plus the per-operator breakdown of one step
+    python tools/bench_train.py --profile       # plus the per-operator breakdown of one step
 
 A step is what training does: forward, label-smoothed cross-entropy, backward, SGD with
 momentum 0.9 and weight decay. Random images and labels; the first --warmup steps of each
