@@ -176,8 +176,9 @@ def main(argv=None):
         if len(set(counts.values())) > 1:
             raise UserError("the variants' models differ (parameters: %s)" % counts)
 
-    print("%s training step (forward, backward, SGD), batch %d, %d threads each, median of %d "
+    print("%s training step (forward, backward, SGD), batch %d, %d thread%s each, median of %d "
           "steps (%d processes x %d)" % (args.arch, args.batch, args.threads,
+                                         "s" if args.threads > 1 else "",
                                          args.rounds * args.steps, args.rounds, args.steps))
     print()
     print("| size | variant | s/step | images/s | vs PyTorch |")
