@@ -1,11 +1,104 @@
-"""Running a command-line entry point: user errors become one line on stderr and exit code 2."""
+"""What every command-line entry point shares: the parser, argument checks, and the runner.
+
+- ``ArgumentParser(doc)``: description = the docstring's first paragraph, epilog = the rest
+  (examples), help by ``HelpFormatter``; a bad argument is one line ``error: ...`` and exit 2.
+- ``HelpFormatter``: keeps the layout of descriptions and shows ``(default: X)`` only where X is a
+  real value: not for required options, options whose default is None (their help says what
+  happens), flags (store_true / store_false: "(default: True)" on ``--no-progress`` reads as
+  "on by default"), or help that already names its default.
+- ``integer`` / ``number``: argparse ``type=`` checks with bounds (``--top 0``, ``--batch-size
+  -5`` are refused as the argument's error, before any work).
+- ``quiet_known_warnings()``: the one filter for numpy's note about this CPU's float subnormals.
+- ``run(main)``: user errors become one line on stderr and exit code 2.
+"""
+import argparse
 import sys
+import warnings
 
 from errors import UserError  # noqa: F401  (re-exported for tools)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions kept as written; ``(default: X)`` appended only where it informs."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (default is None or default is argparse.SUPPRESS or action.required
+                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction,
+                                       argparse._StoreConstAction, argparse._HelpAction,
+                                       argparse._VersionAction))
+                or not action.option_strings or "default" in text.lower()
+                or default == [] or default == ""):
+            return text
+        return "%s (default: %s)" % (text, "%(default)s")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``ArgumentParser(__doc__)``: the docstring's first paragraph describes the tool, the
+    rest (usage examples, notes) is shown after the options. Errors are one line."""
+
+    def __init__(self, doc=None, **kwargs):
+        if doc is not None:
+            head, _, rest = doc.strip("\n").partition("\n\n")
+            kwargs.setdefault("description", head)
+            if rest.strip():
+                kwargs.setdefault("epilog", rest)
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(**kwargs)
+
+    def error(self, message):
+        self.exit(2, "error: %s (see %s --help)\n" % (message, self.prog))
+
+
+def _bounded(convert, kind, lo, hi, lo_open):
+    def check(text):
+        try:
+            value = convert(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError("expected %s, got %r" % (kind, text)) from None
+        if value != value:  # NaN
+            raise argparse.ArgumentTypeError("expected %s, got %r" % (kind, text))
+        if lo is not None and (value <= lo if lo_open else value < lo):
+            raise argparse.ArgumentTypeError("must be %s %s, got %s"
+                                             % ("above" if lo_open else "at least", lo, text))
+        if hi is not None and value > hi:
+            raise argparse.ArgumentTypeError("must be at most %s, got %s" % (hi, text))
+        return value
+
+    check.__name__ = kind
+    return check
+
+
+def integer(min=None, max=None):
+    """argparse ``type=``: an int within [min, max] (either bound optional)."""
+    return _bounded(int, "an integer", min, max, False)
+
+
+def number(min=None, max=None, above=None):
+    """argparse ``type=``: a finite float, >= min (or > above) and <= max."""
+    import math
+
+    def finite(text):
+        value = float(text)
+        if math.isinf(value):
+            raise ValueError(text)
+        return value
+
+    if above is not None:
+        return _bounded(finite, "a number", above, max, True)
+    return _bounded(finite, "a number", min, max, False)
+
+
+def quiet_known_warnings():
+    """Silence numpy's note about the smallest subnormal being zero (printed when
+    scikit-learn or numpy's finfo meets a CPU with flush-to-zero set; harmless)."""
+    warnings.filterwarnings("ignore", message="The value of the smallest subnormal")
+
+
 def run(main, argv=None):
     """Call ``main(argv)``; turn user errors into ``error: <message>`` and exit status 2."""
+    quiet_known_warnings()
     try:
         code = main(argv)
     except UserError as e:

@@ -1,0 +1,86 @@
+"""common/cli.py: the shared parser, help formatter, argument checks and runner."""
+import argparse
+import warnings
+
+import pytest
+
+from common import cli
+
+
+def _help(parser):
+    return " ".join(parser.format_help().split())  # argparse wraps lines; compare words
+
+
+def _parser():
+    p = cli.ArgumentParser("Tool summary.\n\n    tool --x 1\n\nNotes.")
+    p.add_argument("--load", required=True, help="input file")
+    p.add_argument("--arch", help="architecture (default: the recorded one)")
+    p.add_argument("--size", type=int, default=224, help="input size")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no bars")
+    p.add_argument("--quiet", action="store_true", help="less output")
+    p.add_argument("--top", type=cli.integer(min=1), default=5, help="classes shown")
+    p.add_argument("--tol", type=cli.number(above=0), default=1e-5, help="tolerance")
+    return p
+
+
+def test_help_shows_real_defaults_only():
+    text = _help(_parser())
+    assert "input size (default: 224)" in text
+    assert "classes shown (default: 5)" in text
+    assert "(default: None)" not in text          # required / None options
+    assert "(default: True)" not in text           # store_false flags read as "on by default"
+    assert "(default: False)" not in text
+    assert "input file --arch" in text or "input file" in text
+    assert text.count("(default: the recorded one)") == 1  # not followed by a second default
+
+
+def test_description_is_printed_once_and_examples_after_options():
+    text = _parser().format_help()
+    assert text.count("Tool summary.") == 1
+    assert text.index("options:") < text.index("tool --x 1") < text.index("Notes.")
+    assert "    tool --x 1" in text  # layout kept
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--load", "a", "--top", "0"], "argument --top: must be at least 1, got 0"),
+    (["--load", "a", "--top", "x"], "argument --top: expected an integer, got 'x'"),
+    (["--load", "a", "--tol", "0"], "argument --tol: must be above 0, got 0"),
+    (["--load", "a", "--tol", "nan"], "argument --tol: expected a number"),
+    (["--load", "a", "--tol", "inf"], "argument --tol: expected a number"),
+    ([], "the following arguments are required: --load"),
+])
+def test_bad_arguments_are_one_error_line_exit_2(argv, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        _parser().parse_args(argv)
+    assert e.value.code == 2
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines
+
+
+def test_bounds_accept_their_edges():
+    assert cli.integer(min=1, max=4)("4") == 4
+    assert cli.number(min=0.0, max=1.0)("0") == 0.0
+    with pytest.raises(argparse.ArgumentTypeError):
+        cli.integer(min=1, max=4)("5")
+
+
+def test_run_turns_user_errors_into_one_line(capsys):
+    def main(argv):
+        raise cli.UserError("bad thing")
+    with pytest.raises(SystemExit) as e:
+        cli.run(main, [])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "error: bad thing\n"
+
+
+def test_run_silences_the_subnormal_note(capsys):
+    def main(argv):
+        warnings.warn("The value of the smallest subnormal for <class 'numpy.float64'> type "
+                      "is zero.", UserWarning)
+        return 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        with pytest.raises(SystemExit) as e:
+            cli.run(main, [])
+    assert e.value.code == 0
+    assert capsys.readouterr().err == ""
