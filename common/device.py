@@ -7,8 +7,11 @@ not.
 """
 import ctypes.util
 import os
+import re
 
 import megengine as mge
+
+from errors import UserError
 
 
 def cpu_count():
@@ -24,25 +27,80 @@ def cuda_available():
     return ctypes.util.find_library("cuda") is not None and mge.is_cuda_available()
 
 
+def gpu_count():
+    return mge.get_device_count("gpu") if cuda_available() else 0
+
+
+class DeviceError(UserError):
+    """A device name that is unknown, or names hardware this machine does not have."""
+
+
+DEVICE_HELP = "auto (GPU if usable, else all CPU cores), cpu (one thread), cpuN (N threads), gpu, gpuN"
+# MegEngine's own spellings, accepted as they are: cpu0, cpux, xpux, gpu1, gpu0:1, multithread4:0
+_NATIVE = re.compile(r"^(?:(cpu|gpu|xpu)(\d+|x)(?::\d+)?|multithread(\d+):\d+)$")
+
+
+def check_threads(n, what="threads"):
+    """``n`` CPU threads, refused (one line) unless 1 <= n <= the usable cores: more threads
+    than cores only adds contention (999 threads gave a load average of 117)."""
+    cores = cpu_count()
+    if not 1 <= n <= cores:
+        raise DeviceError("%s must be between 1 and %d (the usable CPU cores here), got %d"
+                          % (what, cores, n))
+    return n
+
+
+def threads_arg(text):
+    """argparse ``type=`` for a ``--threads`` option (see ``check_threads``)."""
+    import argparse
+
+    try:
+        return check_threads(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected an integer, got %r" % text) from None
+    except DeviceError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _need_gpu(name, index):
+    count = gpu_count()
+    if index >= count:
+        raise DeviceError("--device %s needs %s, but %s usable here; use --device auto or cpu"
+                          % (name, "a CUDA GPU" if index == 0 else "CUDA GPU %d" % index,
+                             "no CUDA GPU is" if count == 0 else "only %d CUDA GPU%s are"
+                             % (count, "" if count == 1 else "s")))
+
+
 def resolve_device(name="auto"):
     """Map a user-facing device name to a MegEngine device string.
 
     auto      first GPU when CUDA is usable, else the multi-threaded CPU device on all cores
     cpu       single-threaded CPU
-    cpuN      (e.g. cpu2) the multi-threaded CPU device with N threads
-    gpu/gpuN  CUDA device
-    anything else is passed to MegEngine unchanged (e.g. "multithread4:0", "cpu0").
+    cpuN      (e.g. cpu2) the multi-threaded CPU device with N threads (N <= usable cores)
+    gpu/gpuN  CUDA device (refused when there is no such GPU)
+    MegEngine's own names (``cpux``, ``cpu0``, ``xpux``, ``multithread4:0``, ``gpu0:1``) pass
+    unchanged. Anything else raises ``DeviceError`` (one line).
     """
+    name = str(name).strip()
     if name == "auto":
         if cuda_available():
             return "gpu0"
-        name = "cpu%d" % cpu_count()
-    if name == "cpu" or name == "cpu1":
+        return "multithread%d:0" % cpu_count() if cpu_count() > 1 else "cpux"
+    if name in ("cpu", "cpu1"):
         return "cpux"
     if name.startswith("cpu") and name[3:].isdigit():
-        return "multithread%d:0" % int(name[3:])
-    if name == "gpu":
-        return "gpu0"
+        return "multithread%d:0" % check_threads(int(name[3:]), "--device %s: threads" % name)
+    if name == "gpu" or (name.startswith("gpu") and name[3:].isdigit()):
+        index = int(name[3:] or 0)
+        _need_gpu(name, index)
+        return "gpu%d" % index
+    native = _NATIVE.match(name)
+    if not native:
+        raise DeviceError("unknown device %r; use %s" % (name, DEVICE_HELP))
+    if native.group(3):
+        check_threads(int(native.group(3)), "--device %s: threads" % name)
+    if native.group(1) == "gpu":
+        _need_gpu(name, 0 if native.group(2) == "x" else int(native.group(2)))
     return name
 
 

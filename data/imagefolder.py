@@ -1,15 +1,16 @@
 """ImageNet-style folders: ``ROOT/train/<class>/*.jpg`` and ``ROOT/val/<class>/*.jpg``.
 
 Class names are the sub-folder names, sorted; the train split defines them and the val split
-must use the same ones. Files are decoded with Pillow when a sample is read (in the loader's
-worker processes), so a corrupt file is found then: the loader skips it, substitutes the next
-readable sample and the training loop warns with the file's name and counts the skips.
+must use the same ones. Files are decoded (``data.images.read_rgb``) when a sample is read (in the
+loader's worker processes), so a corrupt or oversized file is found then: the loader marks it
+skipped and substitutes the next readable sample; training warns with the file's name and counts
+the skips, evaluation leaves the sample out and counts it.
 """
 import os
 
 import numpy as np
-from PIL import Image
 
+from .images import read_rgb
 from .sources import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -54,8 +55,7 @@ class ImageFolderSource:
         return self.paths[i]
 
     def load(self, i):
-        with Image.open(self.paths[i]) as image:
-            return image.convert("RGB")
+        return read_rgb(self.paths[i])
 
 
 def load_image_folder(root):

@@ -11,6 +11,7 @@ from megengine.data import DataLoader
 from megengine.data.dataset import Dataset
 from megengine.data.sampler import MapSampler
 
+from .images import UnreadableImage
 from .sources import DataError
 
 
@@ -42,7 +43,9 @@ class EpochSampler(MapSampler):
 class TransformedDataset(Dataset):
     """``source`` samples through ``transform``; item ``(index, seed)`` -> ``(image CHW float32,
     label int32, skipped)`` where ``skipped`` is the index of an unreadable sample that was
-    replaced by the next readable one (-1 if none)."""
+    replaced by the next readable one (-1 if none). Training counts the replacement as a sample;
+    evaluation (``common.evaluation``) leaves rows with ``skipped >= 0`` out, so every readable
+    image is counted exactly once."""
 
     def __init__(self, source, transform):
         super().__init__()
@@ -60,11 +63,12 @@ class TransformedDataset(Dataset):
             try:
                 image = self.source.load(i)
                 break
-            except (OSError, ValueError, SyntaxError):  # what Pillow raises for bad files
+            except UnreadableImage:
                 if skipped < 0:
                     skipped = i
         else:
-            raise RuntimeError("no readable image in %s" % self.source.name)
+            raise DataError("no readable image in %s (all %d files failed to decode)"
+                            % (self.source.name, len(self.source)))
         x = self.transform(image, np.random.default_rng(seed))
         return x.astype(np.float32), np.int32(self.source.labels[i]), np.int32(skipped)
 

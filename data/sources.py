@@ -1,8 +1,8 @@
 """Where samples come from: in-memory arrays or image files, behind one small interface.
 
 A *source* has ``len()``, ``labels`` (int array), ``classes`` (names), ``describe(i)`` (what to
-name in a message) and ``load(i) -> PIL RGB image`` (raises ``OSError``/``ValueError`` for an
-unreadable file).
+name in a message) and ``load(i) -> PIL RGB image`` (raises ``data.images.UnreadableImage`` for
+an unreadable file).
 """
 import numpy as np
 from PIL import Image

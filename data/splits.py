@@ -53,3 +53,42 @@ def load_splits(dataset, root, image_size, seed=0):
     else:
         raise DataError("unknown dataset %r; known: %s" % (dataset, ", ".join(DATASETS)))
     return Splits(train, val, tuple(classes), train_tf, eval_transform(dataset, image_size))
+
+
+def detect_dataset(root):
+    """The data set a ``--data`` folder holds: cifar10 for CIFAR-10's python batches (the
+    folder itself or its ``cifar-10-batches-py``), imagenet (train/ and val/ folders) otherwise;
+    digits without a folder."""
+    import os
+
+    if not root:
+        return "digits"
+    if os.path.isfile(os.path.join(root, "data_batch_1")) or os.path.isdir(
+            os.path.join(root, "cifar-10-batches-py")):
+        return "cifar10"
+    return "imagenet"
+
+
+def default_image_size(dataset):
+    return 224 if dataset == "imagenet" else 32
+
+
+def checkpoint_data(checkpoint, dataset=None, root=None, image_size=None):
+    """``(dataset, image_size)`` to evaluate or predict with a model checkpoint: the one rule
+    ``tools/eval.py`` and ``tools/predict.py`` share.
+
+    Given values win. Otherwise what the checkpoint records (train.py records its data set and
+    size; tools/convert.py keeps them); a recorded ``digits`` with a ``--data`` folder means the
+    folder's data set (digits are built in). A checkpoint that records nothing (a PyTorch import,
+    a bare state dict) is taken as ImageNet at 224, the official weights' data, or the data set
+    of the ``--data`` folder.
+    """
+    recorded = checkpoint if isinstance(checkpoint, dict) else {}
+    if dataset is None:
+        dataset = recorded.get("dataset")
+        if dataset not in DATASETS or (root and dataset == "digits"):
+            dataset = detect_dataset(root) if root else "imagenet"
+    if image_size is None:
+        same = dataset == recorded.get("dataset") or "dataset" not in recorded
+        image_size = (same and recorded.get("image_size")) or default_image_size(dataset)
+    return dataset, int(image_size)

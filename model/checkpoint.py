@@ -53,16 +53,27 @@ def build_model(arch, num_classes, deploy=False):
     return get_model(arch, deploy=deploy, num_classes=num_classes)
 
 
-def state_dict_of(checkpoint):
+def _search_run_hint(checkpoint, what):
+    """A search run's checkpoint (``search.py train``/``tas``) holds a supernet, not a model."""
+    fmt = checkpoint.get("format") if isinstance(checkpoint, dict) else None
+    if isinstance(fmt, str) and fmt.startswith("repvgg-") and "-run/" in fmt:
+        raise CheckpointError(
+            "%s is a search run's checkpoint (%s), not a model: write its architecture with "
+            "'search.py derive' (the TAS run's folder already holds arch.json) and train it "
+            "with 'train.py --arch arch.json'" % (what, fmt))
+
+
+def state_dict_of(checkpoint, what="the checkpoint"):
     """The model weights inside a loaded checkpoint (wrapped or bare)."""
+    _search_run_hint(checkpoint, what)
     if isinstance(checkpoint, dict):
         for key in ("state_dict", "model"):
             if isinstance(checkpoint.get(key), dict):
                 return checkpoint[key]
         if checkpoint and all(isinstance(v, np.ndarray) for v in checkpoint.values()):
             return checkpoint
-    raise CheckpointError("the checkpoint holds no state dict (expected a dict of arrays, or "
-                          "one under 'state_dict' or 'model')")
+    raise CheckpointError("%s holds no state dict (expected a dict of arrays, or one under "
+                          "'state_dict' or 'model')" % what)
 
 
 def detect_form(state_dict, recorded=None):
@@ -149,7 +160,7 @@ def model_from_checkpoint(checkpoint, arch=None, what="checkpoint"):
     Returns ``(model, info)`` with info = {"arch", "form", "num_classes"}; the model is in
     eval mode.
     """
-    state_dict = state_dict_of(checkpoint)
+    state_dict = state_dict_of(checkpoint, what)
     recorded = checkpoint if isinstance(checkpoint, dict) else {}
     arch = resolve_arch(arch or recorded.get("arch"))
     if not arch:

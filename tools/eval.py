@@ -1,85 +1,95 @@
 """Top-1 / top-5 accuracy of a model checkpoint on a validation split.
 
-    python tools/eval.py runs/RepVGG-A0-digits/deploy.pkl           # built-in digits val split
+    python tools/eval.py runs/RepVGG-A0-digits/deploy.pkl           # the data set it records
     python tools/eval.py best.pkl --data /imagenet                    # DIR/val, ImageNet folder
     python tools/eval.py model.pkl --dataset cifar10 --data ./cifar-10-batches-py
 
 Accepts train- or deploy-form checkpoints from train.py, tools/convert.py and the PyTorch
 importer (bare state dicts need --arch). The data set and image size default to what the
-checkpoint records (train.py records them), else digits at 32 without --data.
+checkpoint records (train.py records them, tools/convert.py keeps them); a checkpoint that records
+nothing is taken as ImageNet at 224 (the same rule as tools/predict.py), or as the data set of
+the --data folder. The class names the checkpoint records must be the data's. Unreadable
+validation images are named in a warning, left out and counted.
 """
-import argparse
+import logging
 import os
 import sys
-import warnings
-
-# numpy's harmless note about this CPU's float subnormals (printed when scikit-learn loads)
-warnings.filterwarnings("ignore", message="The value of the smallest subnormal")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import cli  # noqa: E402
-from common.device import use_device  # noqa: E402
+from common.device import DEVICE_HELP, use_device  # noqa: E402
+
+DATASETS = ("digits", "imagenet", "cifar10", "cifar100")
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(__doc__)
     p.add_argument("checkpoint", help="model checkpoint (.pkl), train or deploy form")
     p.add_argument("--arch", help="architecture (default: the one the checkpoint records)")
-    p.add_argument("--data", metavar="DIR", help="data folder (default: built-in digits)")
-    p.add_argument("--dataset", choices=("digits", "imagenet", "cifar10", "cifar100"),
-                   help="data format (default: recorded in the checkpoint, else digits "
-                        "without --data, imagenet with it)")
-    p.add_argument("--image-size", type=int,
-                   help="input resolution (default: recorded in the checkpoint, else 32 for "
-                        "digits/CIFAR and 224 for ImageNet)")
-    p.add_argument("--batch-size", type=int, default=100, help="images per batch (default 100)")
-    p.add_argument("--limit", type=int, default=0,
-                   help="evaluate the first N images of the split only (default 0 = all)")
-    p.add_argument("--workers", type=int, default=0, help="loader worker processes (default 0)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cpuN, gpu (default auto)")
+    p.add_argument("--data", metavar="DIR", help="data folder (default: none; the built-in "
+                   "digits when the checkpoint records digits)")
+    p.add_argument("--dataset", choices=DATASETS,
+                   help="data format (default: recorded in the checkpoint, else the --data "
+                        "folder's, else imagenet)")
+    p.add_argument("--image-size", type=cli.integer(min=16, max=4096),
+                   help="input resolution, 16 or more (default: recorded in the checkpoint, "
+                        "else 224 for ImageNet and 32 for digits/CIFAR)")
+    p.add_argument("--batch-size", type=cli.integer(min=1), default=100,
+                   help="images per batch")
+    p.add_argument("--limit", type=cli.integer(min=0), default=0,
+                   help="evaluate the first N images of the split only (0 = all)")
+    p.add_argument("--workers", type=cli.integer(min=0, max=64), default=0,
+                   help="loader worker processes")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     return p.parse_args(argv)
 
 
-def data_settings(args, checkpoint):
-    recorded = checkpoint if isinstance(checkpoint, dict) else {}
-    dataset = args.dataset or (None if args.data and recorded.get("dataset") == "digits"
-                               else recorded.get("dataset"))
-    if dataset is None:
-        dataset = "imagenet" if args.data else "digits"
-    size = args.image_size or recorded.get("image_size") or (224 if dataset == "imagenet"
-                                                              else 32)
-    return dataset, int(size)
+def check_classes(path, recorded, num_classes, dataset, classes):
+    """The model's classes must be the data's: same count, and the same names where the
+    checkpoint records them (a renamed class folder would silently score 0%)."""
+    if len(classes) != num_classes:
+        raise cli.UserError("%s has %d classes but the %s data has %d"
+                            % (path, num_classes, dataset, len(classes)))
+    if recorded and tuple(map(str, recorded)) != tuple(map(str, classes)):
+        names, data = tuple(map(str, recorded)), tuple(map(str, classes))
+        only_model = [c for c in names if c not in data]
+        only_data = [c for c in data if c not in names]
+        detail = ("model only: %s; data only: %s" % (", ".join(only_model[:5]) or "-",
+                                                      ", ".join(only_data[:5]) or "-")
+                  if only_model or only_data else "same names in another order")
+        raise cli.UserError("%s was trained on other classes than the %s data has (%s)"
+                            % (path, dataset, detail))
 
 
 def main(argv=None):
     args = parse_args(argv)
     use_device(args.device)
-    from data.loader import make_loader
-    from data.splits import load_splits
-    from training import fastconv
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     from common.checkpoint import load_checkpoint
+    from common.evaluation import evaluate
+    from data.loader import make_loader
+    from data.sources import Subset
+    from data.splits import checkpoint_data, load_splits
     from model.checkpoint import arch_label, model_from_checkpoint
-    from training.loop import evaluate
+    from training import fastconv
 
     checkpoint = load_checkpoint(args.checkpoint)
     model, info = model_from_checkpoint(checkpoint, args.arch, args.checkpoint)
     fastconv.enable(model)  # MegEngine's CPU convs are slow on tiny maps; same outputs
-    dataset, size = data_settings(args, checkpoint)
+    dataset, size = checkpoint_data(checkpoint, args.dataset, args.data, args.image_size)
     splits = load_splits(dataset, args.data, size)
-    if len(splits.classes) != info["num_classes"]:
-        raise cli.UserError("%s has %d classes but the %s data has %d" % (
-            args.checkpoint, info["num_classes"], dataset, len(splits.classes)))
-    if args.limit:
-        from data.sources import Subset
-        splits.val = Subset(splits.val, args.limit)
-    loader, _ = make_loader(splits.val, splits.eval_transform, args.batch_size, shuffle=False,
+    recorded = checkpoint.get("classes") if isinstance(checkpoint, dict) else None
+    check_classes(args.checkpoint, recorded, info["num_classes"], dataset, splits.classes)
+    val = Subset(splits.val, args.limit) if args.limit else splits.val
+    loader, _ = make_loader(val, splits.eval_transform, args.batch_size, shuffle=False,
                             workers=args.workers)
-    loss, acc1, acc5 = evaluate(model, loader)
-    print("%s (%s, %s form) on %s val (%d images, %dx%d): top-1 %.2f%%  top-5 %.2f%%  loss %.4f"
-          % (args.checkpoint, arch_label(info["arch"]), info["form"], dataset, len(splits.val), size, size,
-             acc1, acc5, loss))
+    result = evaluate(model, loader, source=val)
+    skipped = ("; %d unreadable skipped" % len(result.skipped)) if result.skipped else ""
+    print("%s (%s, %s form) on %s val (%d images, %dx%d%s): top-1 %.2f%%  top-5 %.2f%%  "
+          "loss %.4f" % (args.checkpoint, arch_label(info["arch"]), info["form"], dataset,
+                         result.images, size, size, skipped, result.top1, result.top5,
+                         result.loss))
     return 0
 
 
