@@ -6,6 +6,7 @@ processes and after a resume. Sharding for data-parallel training is MegEngine's
 ``MapSampler.scatter``: rank *r* of *W* takes every W-th index of the (padded) epoch order.
 """
 import numpy as np
+from PIL import Image
 
 from megengine.data import DataLoader
 from megengine.data.dataset import Dataset
@@ -13,6 +14,8 @@ from megengine.data.sampler import MapSampler
 
 from .images import UnreadableImage
 from .sources import DataError
+
+NOTHING_READABLE = -2  # the ``skipped`` value of a sample drawn from a source with no readable image
 
 
 class EpochSampler(MapSampler):
@@ -67,10 +70,29 @@ class TransformedDataset(Dataset):
                 if skipped < 0:
                     skipped = i
         else:
-            raise DataError("no readable image in %s (all %d files failed to decode)"
-                            % (self.source.name, len(self.source)))
+            # Raising here would reach the user wrapped in a worker's traceback; a blank image
+            # marked NOTHING_READABLE lets CheckedLoader raise the DataError in the main process.
+            i, image, skipped = index, Image.new("RGB", (1, 1)), NOTHING_READABLE
         x = self.transform(image, np.random.default_rng(seed))
         return x.astype(np.float32), np.int32(self.source.labels[i]), np.int32(skipped)
+
+
+class CheckedLoader:
+    """A ``DataLoader`` that stops with one ``DataError`` line when no image of the source
+    can be read (whether the loading ran in this process or in worker processes)."""
+
+    def __init__(self, loader, source):
+        self.loader, self.source = loader, source
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            if (np.asarray(batch[2]) == NOTHING_READABLE).any():
+                raise DataError("no readable image in %s (all %d files failed to decode)"
+                                % (self.source.name, len(self.source)))
+            yield batch
 
 
 def make_loader(source, transform, batch_size, shuffle, seed=0, workers=0, world_size=1,
@@ -85,4 +107,5 @@ def make_loader(source, transform, batch_size, shuffle, seed=0, workers=0, world
     dataset = TransformedDataset(source, transform)
     sampler = EpochSampler(dataset, batch_size, shuffle, seed=seed, drop_last=drop_last,
                            world_size=world_size, rank=rank)
-    return DataLoader(dataset, sampler=sampler, num_workers=workers), sampler
+    return CheckedLoader(DataLoader(dataset, sampler=sampler, num_workers=workers),
+                         source), sampler

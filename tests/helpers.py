@@ -29,3 +29,40 @@ def model_from_file(path, arch=None):
     checkpoint = load_checkpoint(path)
     model, info = model_from_checkpoint(checkpoint, arch, path)
     return model, checkpoint, info
+
+
+def load_tool(path):
+    """Import a command-line script (e.g. ``tools/eval.py``) as a module, without running it."""
+    import importlib.util
+
+    name = "tool_" + os.path.splitext(path)[0].replace("/", "_")
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def call_tool(path, *args):
+    """Run a tool's ``main`` in this process as ``common.cli.run`` does (fast: no interpreter or
+    MegEngine start-up); returns a CompletedProcess with returncode, stdout and stderr.
+
+    The default MegEngine device is restored afterwards (tools choose their own)."""
+    import contextlib
+    import io
+
+    import megengine as mge
+
+    from common import cli
+
+    module = load_tool(path)
+    out, err = io.StringIO(), io.StringIO()
+    device = mge.get_default_device()
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            cli.run(module.main, [str(a) for a in args])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        mge.set_default_device(device)
+    return subprocess.CompletedProcess([path, *args], code, out.getvalue(), err.getvalue())

@@ -78,9 +78,14 @@ def main(argv=None):
     model, info = model_from_checkpoint(checkpoint, args.arch, args.checkpoint)
     fastconv.enable(model)  # MegEngine's CPU convs are slow on tiny maps; same outputs
     dataset, size = checkpoint_data(checkpoint, args.dataset, args.data, args.image_size)
+    recorded = checkpoint if isinstance(checkpoint, dict) else {}
+    if not (args.data or args.dataset or recorded.get("dataset")):
+        raise cli.UserError("%s records no data set it was trained on; evaluating it as %s "
+                            "needs --data DIR (or name the data with --dataset)"
+                            % (args.checkpoint, dataset))
     splits = load_splits(dataset, args.data, size)
-    recorded = checkpoint.get("classes") if isinstance(checkpoint, dict) else None
-    check_classes(args.checkpoint, recorded, info["num_classes"], dataset, splits.classes)
+    check_classes(args.checkpoint, recorded.get("classes"), info["num_classes"], dataset,
+                  splits.classes)
     val = Subset(splits.val, args.limit) if args.limit else splits.val
     loader, _ = make_loader(val, splits.eval_transform, args.batch_size, shuffle=False,
                             workers=args.workers)
