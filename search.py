@@ -9,21 +9,84 @@ TAS width search. Ends in an arch.json that ``train.py --arch arch.json`` trains
     python train.py --arch runs/search/arch.json --epochs 30 --output runs/found
 """
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 import time
 
 from common import cli
+from common.atomic import OutputPathError
 from common.device import use_device
+from common.runlock import RunLock
 from errors import UserError
 
 log = logging.getLogger("search")
-DESCRIPTION = __doc__.split("\n\n")[0]
+
+
+class _SubFormatter(cli.HelpFormatter):
+    _fill_text = argparse.HelpFormatter._fill_text  # sub-command descriptions are one paragraph
 
 
 def _formatter(prog):
-    return argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=32, width=100)
+    return _SubFormatter(prog, max_help_position=32, width=100)
+
+
+# Flags generated from the config dataclasses (search.trainer.SearchConfig, search.tas.TASConfig):
+# field -> (argparse type, help). The defaults are the dataclass's.
+POSITIVE, COUNT = cli.integer(min=1), cli.integer(min=0)
+CONFIG_FLAGS = {
+    "epochs": (POSITIVE, "total epochs, warm-up included"),
+    "warmup_epochs": (COUNT, "first epochs train weights only"),
+    "batch_size": (POSITIVE, "batch size of both phases"),
+    "w_fraction": (cli.number(above=0, max=1), "share of the training split for the weights; "
+                   "the architecture parameters get the rest"),
+    "w_lr": (cli.number(above=0), "SGD learning rate of the weights (cosine decay)"),
+    "w_momentum": (cli.number(min=0, max=1), "SGD momentum"),
+    "w_wd": (cli.number(min=0), "SGD weight decay"),
+    "theta_lr": (cli.number(above=0), "Adam learning rate of theta"),
+    "theta_wd": (cli.number(min=0), "Adam weight decay of theta"),
+    "alpha": (cli.number(above=0), "loss scale alpha"),
+    "beta": (cli.number(min=0), "latency exponent beta"),
+    "loss_form": (("paper", "repo"), "paper: alpha*CE*(log LAT)^beta; repo: alpha*beta*CE*log "
+                  "LAT (the FBNet code's form)"),
+    "tau0": (cli.number(above=0), "initial Gumbel temperature"),
+    "tau_decay": (cli.number(above=0, max=1),
+                  "temperature factor after every epoch that trains theta"),
+    "noise": (("per_sample", "per_batch"),
+              "one Gumbel sample per example, or one per batch (FBNet code)"),
+    "mode": (("soft", "hard_st"),
+             "soft mixing, or one-hot forward with soft (straight-through) gradient"),
+    "max_steps": (COUNT, "at most this many steps per phase and epoch (0 = full passes)"),
+    "seed": (COUNT, "seed of splits, init, batches and sampling"),
+    "arch_lr": (cli.number(above=0), "Adam learning rate of the width attentions"),
+    "arch_wd": (cli.number(min=0), "Adam weight decay of the attentions"),
+    "flop_ratio": (cli.number(above=0, max=1),
+                   "target FLOPs as a fraction of the full-width network's"),
+    "flop_weight": (cli.number(min=0), "weight of the FLOP loss in the attentions' loss"),
+    "flop_tolerance": (cli.number(min=0, max=1),
+                       "no FLOP loss within this fraction of the full FLOPs below the target"),
+    "tau_max": (cli.number(above=0), "initial temperature"),
+    "tau_min": (cli.number(above=0), "final temperature (cosine)"),
+}
+
+
+def add_config_args(p, config_class, **defaults):
+    """One flag per field of ``config_class`` (``--w-lr`` for ``w_lr``), with the field's
+    default unless ``defaults`` overrides it (None: decided at run time, see the help)."""
+    for field in dataclasses.fields(config_class):
+        kind, text = CONFIG_FLAGS[field.name]
+        default = defaults.get(field.name, field.default)
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(kind, tuple):
+            p.add_argument(flag, choices=kind, default=default, help=text)
+        else:
+            p.add_argument(flag, type=kind, default=default, help=text)
+
+
+def config_from_args(config_class, args, **values):
+    return config_class(**{f.name: values.get(f.name, getattr(args, f.name))
+                           for f in dataclasses.fields(config_class)})
 
 
 def add_space_args(p, default="digits"):
@@ -32,7 +95,7 @@ def add_space_args(p, default="digits"):
     p.add_argument("--candidates", default=None,
                    help="comma-separated candidate ops replacing the preset's (groups: fbnet9, "
                         "binary); e.g. ir_k3_e1,ir_k3_s2,skip,repvgg")
-    p.add_argument("--image-size", type=int, default=None,
+    p.add_argument("--image-size", type=cli.integer(min=8, max=1024), default=None,
                    help="input size replacing the preset's (digits 16, fbnet22 224, "
                         "binary_resnet18 32, tas_digits 16)")
 
@@ -43,7 +106,8 @@ def add_device_arg(p):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=_formatter)
+    p = cli.ArgumentParser(__doc__, formatter_class=lambda prog: cli.HelpFormatter(
+        prog, max_help_position=32, width=100))
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     q = sub.add_parser("lut", formatter_class=_formatter,
@@ -53,10 +117,10 @@ def build_parser():
                                    "candidates get the FLOPs + BOPs/64 proxy) and write JSON.")
     add_space_args(q)
     add_device_arg(q)
-    q.add_argument("--batch", type=int, default=1, help="batch size of the timed inputs")
-    q.add_argument("--warmup", type=int, default=10, help="untimed runs per entry first")
-    q.add_argument("--runs", type=int, default=30, help="timed runs per entry (median taken)")
-    q.add_argument("--inner", type=int, default=10,
+    q.add_argument("--batch", type=POSITIVE, default=1, help="batch size of the timed inputs")
+    q.add_argument("--warmup", type=COUNT, default=10, help="untimed runs per entry first")
+    q.add_argument("--runs", type=POSITIVE, default=30, help="timed runs per entry (median taken)")
+    q.add_argument("--inner", type=POSITIVE, default=10,
                    help="calls per timed run before one wait for the result (the run's time "
                         "is divided by it)")
     q.add_argument("--out", default="runs/search/lut.json", help="where to write the table")
@@ -67,8 +131,9 @@ def build_parser():
     q = sub.add_parser("train", formatter_class=_formatter,
                        help="train the supernet (weights by SGD, theta by Adam)",
                        description="Search on the built-in digits: weights on one part of the "
-                                   "training split, theta on the disjoint rest, the argmax "
-                                   "architecture validated on the validation split every epoch.")
+                                   "training split, theta on the disjoint rest; every epoch "
+                                   "validates the supernet (softmax mixture, no noise) and the "
+                                   "argmax architecture on the validation split.")
     add_space_args(q)
     add_device_arg(q)
     q.add_argument("--lut", default=None,
@@ -77,34 +142,13 @@ def build_parser():
     q.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest.pkl, exactly (its space, "
                         "table and settings; only --epochs may extend it)")
-    q.add_argument("--epochs", type=int, default=None,
-                   help="total epochs, warm-up included (10 for a new search; a resumed run "
-                        "keeps its own unless given, and a new total reshapes the cosine LR "
-                        "from the resumed epoch on)")
-    q.add_argument("--warmup-epochs", type=int, default=2, help="first epochs train weights only")
-    q.add_argument("--batch-size", type=int, default=64, help="batch size of both phases")
-    q.add_argument("--w-fraction", type=float, default=0.8,
-                   help="share of the training split for the weights; theta gets the rest")
-    q.add_argument("--w-lr", type=float, default=0.1, help="SGD learning rate (cosine decay)")
-    q.add_argument("--w-momentum", type=float, default=0.9, help="SGD momentum")
-    q.add_argument("--w-wd", type=float, default=1e-4, help="SGD weight decay")
-    q.add_argument("--theta-lr", type=float, default=0.01, help="Adam learning rate of theta")
-    q.add_argument("--theta-wd", type=float, default=5e-4, help="Adam weight decay of theta")
-    q.add_argument("--alpha", type=float, default=0.2, help="loss scale alpha")
-    q.add_argument("--beta", type=float, default=0.6, help="latency exponent beta")
-    q.add_argument("--loss-form", choices=("paper", "repo"), default="paper",
-                   help="paper: alpha*CE*(log LAT)^beta; repo: alpha*beta*CE*log LAT (the "
-                        "FBNet code's form)")
-    q.add_argument("--tau0", type=float, default=5.0, help="initial Gumbel temperature")
-    q.add_argument("--tau-decay", type=float, default=0.956,
-                   help="temperature factor after every epoch that trains theta")
-    q.add_argument("--noise", choices=("per_sample", "per_batch"), default="per_sample",
-                   help="one Gumbel sample per example, or one per batch (FBNet code)")
-    q.add_argument("--mode", choices=("soft", "hard_st"), default="soft",
-                   help="soft mixing, or one-hot forward with soft (straight-through) gradient")
-    q.add_argument("--max-steps", type=int, default=0,
-                   help="at most this many steps per phase and epoch (0 = full passes)")
-    q.add_argument("--seed", type=int, default=0, help="seed of splits, init, batches, noise")
+    from search.trainer import SearchConfig
+    add_config_args(q, SearchConfig, epochs=None)
+    for action in q._actions:
+        if action.dest == "epochs":
+            action.help = ("total epochs, warm-up included (default: %d for a new search; a "
+                           "resumed run keeps its own unless given, and a new total reshapes "
+                           "the cosine LR from the resumed epoch on)" % SearchConfig.epochs)
     q.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     q = sub.add_parser("derive", formatter_class=_formatter,
@@ -117,8 +161,8 @@ def build_parser():
                    help="checkpoint: best validation accuracy, or the last epoch")
     q.add_argument("--mode", choices=("argmax", "sample"), default="argmax",
                    help="most likely op per layer, or draws from softmax(theta)")
-    q.add_argument("--n", type=int, default=1, help="number of sampled architectures")
-    q.add_argument("--seed", type=int, default=0, help="seed of --mode sample")
+    q.add_argument("--n", type=POSITIVE, default=1, help="number of sampled architectures")
+    q.add_argument("--seed", type=COUNT, default=0, help="seed of --mode sample")
     q.add_argument("--out", default="runs/search/arch.json",
                    help="output file; with --n > 1, NAME_i.json for i = 0..n-1")
 
@@ -139,7 +183,7 @@ def build_parser():
                    help="with --measure: measure this arch.json instead of the argmax network")
     add_device_arg(q)
 
-    from search.tas import add_tas_args
+    from search.tas import TASConfig
 
     q = sub.add_parser("tas", formatter_class=_formatter,
                        help="TAS width search with a FLOP target; writes arch.json",
@@ -149,7 +193,10 @@ def build_parser():
                                    "widths are written as an arch.json of conv_k3 layers.")
     add_space_args(q, default="tas_digits")
     add_device_arg(q)
-    add_tas_args(q)
+    add_config_args(q, TASConfig)
+    q.add_argument("--out", default="runs/tas", help="run folder (a new one); arch.json and "
+                   "latest.pkl are written there")
+    q.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
@@ -160,8 +207,12 @@ def parse_args(argv):
 def setup_logging(out_dir=None):
     handlers = [logging.StreamHandler(sys.stderr)]
     if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-        handlers.append(logging.FileHandler(os.path.join(out_dir, "search.log")))
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+            handlers.append(logging.FileHandler(os.path.join(out_dir, "search.log")))
+        except OSError as e:
+            raise OutputPathError("cannot write into --out %s (%s)"
+                                  % (out_dir, e.strerror or e)) from None
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=handlers, force=True)
 
 
@@ -183,8 +234,6 @@ def cmd_lut(args):
               % (args.verify, space.name, space.hash, *table.latency.shape, table.unit,
                  table.meta["device"]))
         return 0
-    if args.batch < 1 or args.runs < 1 or args.warmup < 0 or args.inner < 1:
-        raise UserError("need --batch >= 1, --runs >= 1, --inner >= 1, --warmup >= 0")
     start = time.perf_counter()
     table = measure_table(space, args.batch, args.warmup, args.runs, inner=args.inner,
                           progress=None if args.no_progress
@@ -207,6 +256,11 @@ def load_digits_for(space):
 
 
 def cmd_train(args):
+    with RunLock(args.out):  # a second search into the same folder stops with one line
+        return _train(args)
+
+
+def _train(args):
     from search.latency import load_table
     from search.trainer import SearchConfig, Searcher, resume
 
@@ -228,12 +282,8 @@ def cmd_train(args):
             raise UserError("--lut is required for a new search (make one with 'search.py lut')")
         space = space_from_args(args)
         lut = load_table(args.lut, space)
-        config = SearchConfig(
-            epochs=args.epochs or 10, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
-            w_fraction=args.w_fraction, w_lr=args.w_lr, w_momentum=args.w_momentum,
-            w_wd=args.w_wd, theta_lr=args.theta_lr, theta_wd=args.theta_wd, alpha=args.alpha,
-            beta=args.beta, loss_form=args.loss_form, tau0=args.tau0, tau_decay=args.tau_decay,
-            noise=args.noise, mode=args.mode, seed=args.seed, max_steps=args.max_steps)
+        config = config_from_args(SearchConfig, args, epochs=SearchConfig.epochs
+                                  if args.epochs is None else args.epochs)
         train, val = load_digits_for(space)
         searcher = Searcher(space, lut, train, val, config, args.out)
         setup_logging(args.out)
@@ -260,8 +310,6 @@ def cmd_derive(args):
     from search.space import from_dict
     from search.trainer import load_run
 
-    if args.n < 1:
-        raise UserError("--n must be at least 1")
     state = load_run(run_checkpoint(args.run, args.which))
     space, lut = from_dict(state["space"]), LatencyTable.from_dict(state["lut"])
     theta = state["supernet"]["theta"]
@@ -277,27 +325,40 @@ def cmd_derive(args):
 
 
 def cmd_show(args):
-    from search.show import show
+    from search.show import report
 
     state_path = run_checkpoint(args.run, args.which)
     png = args.png or os.path.join(args.run, "theta.png")
-    show(state_path, png, measure=args.measure, arch_path=args.arch)
+    for line in report(state_path, png, measure=args.measure, arch_path=args.arch):
+        print(line, flush=True)
     return 0
 
 
 def cmd_tas(args):
-    from search.tas import check_tas_args, run_tas
+    from search.tas import TASConfig, check_tas, search_widths
 
     space = space_from_args(args)
-    check_tas_args(args, space)
-    setup_logging(args.out)
-    run_tas(args, space, load_digits_for)
+    cfg = config_from_args(TASConfig, args)
+    check_tas(space, cfg)
+    held = [f for f in ("arch.json", "latest.pkl") if os.path.exists(os.path.join(args.out, f))]
+    if held:
+        raise UserError("%s already holds a run (%s); choose another --out (a TAS search does "
+                        "not resume)" % (args.out, ", ".join(held)))
+    with RunLock(args.out):
+        setup_logging(args.out)
+        train, val = load_digits_for(space)
+        found = search_widths(space, train, val, cfg, args.out, progress=not args.no_progress)
+    print("widths %s: %.2f of %.2f MMACs (target %.2f%s); wrote %s"
+          % (found["widths"], found["mmacs"], found["full_mmacs"], found["target_mmacs"],
+             ", %+.0f%% off" % (100 * (found["mmacs"] / found["target_mmacs"] - 1))
+             if abs(found["mmacs"] / found["target_mmacs"] - 1) > 0.05 else "",
+             found["arch_path"]))
     return 0
 
 
 def main(argv=None):
     args = parse_args(argv)
-    use_device(args.device) if hasattr(args, "device") else use_device("cpu")
+    use_device(getattr(args, "device", "cpu"))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     return {"lut": cmd_lut, "train": cmd_train, "derive": cmd_derive, "show": cmd_show,
             "tas": cmd_tas}[args.command](args)

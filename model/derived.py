@@ -82,20 +82,31 @@ def build_op(name, C_in, C_out, stride):
     return _binary_primitives().build_primitive(name, C_in, C_out, stride)
 
 
+def build_stem(stem):
+    """The fixed stem of a searched network: 3x3 conv-BN-ReLU from RGB (``stem`` is the arch's
+    ``{"channels", "stride"}``). Shared by ``DerivedNet``, the latency table and TAS."""
+    return conv_bn_relu(3, stem["channels"], 3, stem.get("stride", 1))
+
+
+def build_head(in_channels, head_channels, num_classes):
+    """The fixed head: ``(1x1 conv-BN-ReLU or None, global pool, linear)``; the conv exists when
+    ``head_channels`` > 0. Shared by ``DerivedNet`` and the latency table."""
+    conv = conv_bn_relu(in_channels, head_channels, 1) if head_channels else None
+    return conv, GlobalAvgPool(), M.Linear(head_channels or in_channels, num_classes)
+
+
 class DerivedNet(M.Module):
     """stem -> layers -> [1x1 head] -> global pool -> linear, as an arch dict says."""
 
     def __init__(self, arch, num_classes):
         super().__init__()
         stem = arch["stem"]
-        self.stem = conv_bn_relu(3, stem["channels"], 3, stem.get("stride", 1))
+        self.stem = build_stem(stem)
         self.layers = [build_op(l["op"], l["C_in"], l["C_out"], l["stride"])
                        for l in arch["layers"]]
         last = arch["layers"][-1]["C_out"] if arch["layers"] else stem["channels"]
-        head = arch.get("head", {}).get("channels", 0)
-        self.head = conv_bn_relu(last, head, 1) if head else None
-        self.gap = GlobalAvgPool()
-        self.linear = M.Linear(head or last, num_classes)
+        self.head, self.gap, self.linear = build_head(
+            last, arch.get("head", {}).get("channels", 0), num_classes)
 
     def forward(self, x):
         x = self.stem(x)

@@ -26,14 +26,17 @@ def list_models():
     return sorted(_BUILDERS)
 
 
-def get_model(name, deploy=False, num_classes=1000, **kwargs):
-    """Build the registered architecture ``name`` in train form, or in deploy form if asked."""
-    try:
-        builder = _BUILDERS[name]
-    except KeyError:
+def check_name(name):
+    """``name`` if it is registered, else ``UnknownModelError`` listing the known names (no
+    model is built: checking "RepVGG-B3" costs nothing)."""
+    if name not in _BUILDERS:
         close = difflib.get_close_matches(name, _BUILDERS, n=3)
         hint = " (did you mean %s?)" % ", ".join(close) if close else ""
         raise UnknownModelError(
-            "unknown architecture %r%s; known: %s" % (name, hint, ", ".join(list_models()))
-        ) from None
-    return builder(deploy=deploy, num_classes=num_classes, **kwargs)
+            "unknown architecture %r%s; known: %s" % (name, hint, ", ".join(list_models())))
+    return name
+
+
+def get_model(name, deploy=False, num_classes=1000, **kwargs):
+    """Build the registered architecture ``name`` in train form, or in deploy form if asked."""
+    return _BUILDERS[check_name(name)](deploy=deploy, num_classes=num_classes, **kwargs)

@@ -39,9 +39,7 @@ import megengine as mge
 import megengine.module as M
 
 from common.timing import interleaved_medians
-from model.derived import build_op, op_kind
-from model.fbnet import conv_bn_relu
-from model.layers import GlobalAvgPool
+from model.derived import build_head, build_op, build_stem, op_kind
 from model.opcount import count_ops
 from model.reparam import convert_to_deploy
 
@@ -163,19 +161,16 @@ def device_threads(device):
 
 
 def stem_module(space):
-    return conv_bn_relu(3, space.stem_channels, 3, space.stem_stride)
+    return build_stem(space.stem_dict())
 
 
 class Head(M.Module):
-    """The fixed head: [1x1 conv-BN-ReLU] -> global pool -> linear."""
+    """The fixed head (``model.derived.build_head``) as one module, for timing."""
 
     def __init__(self, space):
         super().__init__()
-        last = space.layers[-1].C_out
-        h = space.head_channels
-        self.conv = conv_bn_relu(last, h, 1) if h else None
-        self.gap = GlobalAvgPool()
-        self.linear = M.Linear(h or last, space.num_classes)
+        self.conv, self.gap, self.linear = build_head(space.layers[-1].C_out,
+                                                      space.head_channels, space.num_classes)
 
     def forward(self, x):
         if self.conv is not None:

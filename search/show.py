@@ -1,11 +1,13 @@
 """Reporting on a search run: history, theta distributions, expected latency per layer, a PNG
-chart, and (optionally) the derived network's measured latency next to the table's prediction."""
+chart, and (optionally) the derived network's measured latency next to the table's prediction.
+``report`` returns the lines; printing them is the command line's (search.py show)."""
 import logging
 
 import numpy as np
 
 import megengine as mge
 
+from common.atomic import atomic_path
 from model.derived import build_from_arch, load_arch_file
 
 from .derive import arch_from_choices, softmax
@@ -53,7 +55,8 @@ def plot(space, probs, lut, path):
     b.invert_yaxis()
     b.set_title("expected latency (%s)" % lut.unit)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:  # a folder, device or unwritable path: one line
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return path
 
@@ -69,38 +72,58 @@ def measure_archs(archs, lut, warmup=None, runs=None, seed=0):
                                           m.get("inner", 1))]
 
 
-def show(state_path, png, measure=False, arch_path=None):
+def arch_choices(arch, space, what="the architecture"):
+    """Candidate index per layer of ``arch`` in ``space``; ``UserError`` when ``arch`` was not
+    derived from this space (its table cannot predict it)."""
+    from errors import UserError
+
+    layers = arch.get("layers", [])
+    ops = [l.get("op") for l in layers]
+    if (arch.get("space_hash", space.hash) != space.hash or len(layers) != len(space.layers)
+            or any(op not in space.candidates for op in ops)):
+        raise UserError("%s was not derived from this run's space %s (hash %s; candidates %s): "
+                        "its latency cannot be predicted from this run's table; measure an "
+                        "arch.json of this run" % (what, space.name, space.hash,
+                                                   ",".join(space.candidates)))
+    return [space.candidates.index(op) for op in ops]
+
+
+def report(state_path, png, measure=False, arch_path=None):
+    """The lines of ``search.py show`` (history, softmax(theta) per layer, expected latency;
+    with ``measure``, the derived network's measured latency); writes the PNG chart."""
+    lines = []
     state = load_run(state_path)
     space, lut = from_dict(state["space"]), LatencyTable.from_dict(state["lut"])
     probs = softmax(np.asarray(state["supernet"]["theta"], np.float64))
-    print("run %s: space %s (hash %s), epoch %d, tau %.4f, best val acc %s"
+    lines.append("run %s: space %s (hash %s), epoch %d, tau %.4f, best val acc %s"
           % (state_path, space.name, space.hash, state["epoch"], state["tau"],
              "-" if state["best_acc"] is None else "%.4f" % state["best_acc"]))
-    print("%-5s %8s %8s %8s %12s %8s %10s %7s" % ("epoch", "w_loss", "w_ce", "th_loss",
+    lines.append("%-5s %8s %8s %8s %12s %8s %10s %7s" % ("epoch", "w_loss", "w_ce", "th_loss",
                                                    "E[lat]", "val_acc", "argmax_acc", "sec"))
     for r in state["history"]:
-        print("%-5d %8.4f %8.4f %8.4f %12.1f %8.4f %10.4f %7.1f" % (
+        lines.append("%-5d %8.4f %8.4f %8.4f %12.1f %8.4f %10.4f %7.1f" % (
             r["epoch"], r["w_loss"], r["w_ce"], r["theta_loss"], r["expected_latency"],
             r["val_acc"], r["val_acc_argmax"], r["seconds"]))
-    print(format_theta(space, probs, lut))
+    lines.append(format_theta(space, probs, lut))
     total = float((probs * lut.latency).sum()) + lut.fixed["stem"] + lut.fixed["head"]
-    print("expected latency (softmax(theta), stem %.1f + layers + head %.1f): %.1f %s"
+    lines.append("expected latency (softmax(theta), stem %.1f + layers + head %.1f): %.1f %s"
           % (lut.fixed["stem"], lut.fixed["head"], total, lut.unit))
-    print("wrote %s" % plot(space, probs, lut, png))
+    lines.append("wrote %s" % plot(space, probs, lut, png))
     if measure:
         if lut.unit != "us":
-            print("not measured: the table's unit is %s (a cost proxy), not time" % lut.unit)
-            return
+            lines.append("not measured: the table's unit is %s (a cost proxy), not time" % lut.unit)
+            return lines
         arch = (load_arch_file(arch_path) if arch_path
                 else arch_from_choices(space, np.argmax(probs, axis=1), lut))
-        choices = [space.candidates.index(l["op"]) for l in arch["layers"]]
+        choices = arch_choices(arch, space, arch_path or "the argmax architecture")
         predicted = lut.network_latency(choices)
         device = str(mge.get_default_device())
         if device != lut.meta["device"]:
-            print("warning: measuring on %s, the table was measured on %s"
+            lines.append("warning: measuring on %s, the table was measured on %s"
                   % (device, lut.meta["device"]))
         measured = measure_archs([arch], lut)[0]
-        print(format_measure(" ".join(l["op"] for l in arch["layers"]), predicted, measured))
+        lines.append(format_measure(" ".join(l["op"] for l in arch["layers"]), predicted, measured))
+    return lines
 
 
 def format_measure(name, predicted_us, measured_us):

@@ -38,8 +38,7 @@ from megengine.autodiff import GradManager
 
 from common.checkpoint import save_checkpoint, to_numpy
 from errors import UserError
-from model.derived import ARCH_FORMAT
-from model.fbnet import conv_bn_relu
+from model.derived import ARCH_FORMAT, build_stem
 from training.schedule import cosine
 
 from .gumbel import gumbel_noise
@@ -48,6 +47,7 @@ from .space import out_size
 from .trainer import batches, normalize, split_indices
 
 RATIOS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+TAS_FORMAT = "repvgg-tas-run/1"
 log = logging.getLogger(__name__)
 
 
@@ -114,7 +114,7 @@ class TASNet(M.Module):
     def __init__(self, space, rng):
         super().__init__()
         self.space = space
-        self.stem = conv_bn_relu(3, space.stem_channels, 3, space.stem_stride)
+        self.stem = build_stem(space.stem_dict())
         self.layers = [WidthConv(l.C_in, l.C_out, l.stride) for l in space.layers]
         self.linear = M.Linear(space.layers[-1].C_out, space.num_classes)
         self.attentions = [mge.Parameter(rng.normal(0, 0.01, len(l.choices)).astype(np.float32))
@@ -232,59 +232,38 @@ class TASConfig:
     seed: int = 0
 
 
-def add_tas_args(p):
-    d = TASConfig()
-    p.add_argument("--epochs", type=int, default=d.epochs, help="search epochs")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="batch size")
-    p.add_argument("--w-fraction", type=float, default=d.w_fraction,
-                   help="share of the training split for the weights; attentions get the rest")
-    p.add_argument("--w-lr", type=float, default=d.w_lr, help="SGD learning rate (cosine)")
-    p.add_argument("--arch-lr", type=float, default=d.arch_lr, help="Adam lr of the attentions")
-    p.add_argument("--arch-wd", type=float, default=d.arch_wd, help="Adam weight decay")
-    p.add_argument("--flop-ratio", type=float, default=d.flop_ratio,
-                   help="target FLOPs as a fraction of the full-width network's")
-    p.add_argument("--flop-weight", type=float, default=d.flop_weight,
-                   help="weight of the FLOP loss in the attentions' loss")
-    p.add_argument("--flop-tolerance", type=float, default=d.flop_tolerance,
-                   help="no FLOP loss within this fraction of the full FLOPs below the target")
-    p.add_argument("--tau-max", type=float, default=d.tau_max, help="initial temperature")
-    p.add_argument("--tau-min", type=float, default=d.tau_min, help="final temperature (cosine)")
-    p.add_argument("--max-steps", type=int, default=d.max_steps,
-                   help="at most this many steps per phase and epoch (0 = full passes)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of splits, init, sampling")
-    p.add_argument("--out", default="runs/tas", help="run folder; arch.json is written there")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def check_tas_args(args, space):
+def check_tas(space, cfg):
+    """Raise ``UserError`` (one line) unless TAS can search ``space`` with ``cfg``."""
     if any(c != "conv_k3" for c in space.candidates):
         raise UserError("TAS searches widths of conv_k3 layers; space %s has candidates %s "
                         "(use --space tas_digits)" % (space.name, ",".join(space.candidates)))
-    if not 0 < args.flop_ratio <= 1:
-        raise UserError("--flop-ratio must be in (0, 1], got %g" % args.flop_ratio)
-    if args.epochs < 1 or args.batch_size < 1:
-        raise UserError("need --epochs >= 1 and --batch-size >= 1")
+    if not 0 < cfg.flop_ratio <= 1:
+        raise UserError("--flop-ratio must be in (0, 1], got %g" % cfg.flop_ratio)
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.max_steps < 0:
+        raise UserError("need --epochs >= 1, --batch-size >= 1 and --max-steps >= 0")
+    if not 0 < cfg.w_fraction < 1:
+        raise UserError("--w-fraction must be in (0, 1), got %g" % cfg.w_fraction)
+    if not 0 < cfg.tau_min <= cfg.tau_max:
+        raise UserError("need 0 < --tau-min <= --tau-max")
 
 
-def run_tas(args, space, load_data):
-    """The ``search.py tas`` command: search, then write OUT/arch.json and OUT/latest.pkl."""
-    check_tas_args(args, space)
-    cfg = TASConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TASConfig)})
-    train, val = load_data(space)
+def search_widths(space, train, val, cfg, out, progress=True):
+    """Search, then write OUT/arch.json and OUT/latest.pkl; returns a summary dict (widths,
+    MMACs of the found, the full and the target network, the arch.json path)."""
+    check_tas(space, cfg)
     searcher = TASSearch(space, train, val, cfg)
-    searcher.run(progress=not args.no_progress)
+    searcher.run(progress=progress)
     widths = searcher.net.widths(searcher.net.argmax())
     arch = arch_from_widths(space, widths, get_flop(searcher.net, "genotype"))
-    path = write_json(arch, os.path.join(args.out, "arch.json"))
-    save_checkpoint({"format": "repvgg-tas-run/1", "space": space.to_dict(),
+    path = write_json(arch, os.path.join(out, "arch.json"))
+    save_checkpoint({"format": TAS_FORMAT, "space": space.to_dict(),
                      "config": dataclasses.asdict(cfg), "history": searcher.history,
                      "state_dict": to_numpy(searcher.net.state_dict()),
                      "attentions": [a.numpy() for a in searcher.net.attentions]},
-                    os.path.join(args.out, "latest.pkl"))
-    print("widths %s: %.2f of %.2f MMACs (target %.2f); wrote %s"
-          % (widths, arch["estimated_mmacs"], get_flop(searcher.net, "max"),
-             cfg.flop_ratio * get_flop(searcher.net, "max"), path))
-    return arch
+                    os.path.join(out, "latest.pkl"))
+    full = get_flop(searcher.net, "max")
+    return {"widths": widths, "mmacs": arch["estimated_mmacs"], "full_mmacs": full,
+            "target_mmacs": cfg.flop_ratio * full, "arch_path": path}
 
 
 class TASSearch:

@@ -3,27 +3,30 @@
     python tools/convert.py --arch RepVGG-A0 --load train.pkl --save deploy.pkl
 
 The input is a MegEngine checkpoint from train.py, from the PyTorch importer, or a bare state
-dict (then --arch is required). A checkpoint that does not fit the architecture is reported
-with its missing, unexpected and mis-shaped keys, and nothing is written.
+dict (then --arch is required). The output keeps every metadata field of the input (classes,
+data set, image size, ...), so eval and predict treat it as the original. A checkpoint that does
+not fit the architecture is reported with its missing, unexpected and mis-shaped keys, and
+nothing is written.
 """
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import cli  # noqa: E402
+from common.atomic import check_output_path  # noqa: E402
 from common.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from common.device import use_device  # noqa: E402
+from common.device import DEVICE_HELP, use_device  # noqa: E402
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--arch", help="architecture name (default: the one the checkpoint records)")
+    p = cli.ArgumentParser(__doc__)
+    p.add_argument("--arch", help="architecture name or arch.json (default: the one the "
+                   "checkpoint records)")
     p.add_argument("--load", required=True, metavar="CKPT", help="train-form checkpoint to read")
-    p.add_argument("--save", required=True, metavar="CKPT", help="deploy-form checkpoint to write")
-    p.add_argument("--device", default="cpu", help="device for the conversion")
+    p.add_argument("--save", required=True, metavar="CKPT", help="deploy-form checkpoint to "
+                   "write (a regular file; its metadata is the input's)")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     return p.parse_args(argv)
 
 
@@ -36,6 +39,7 @@ def main(argv=None):
 
     if os.path.abspath(args.load) == os.path.abspath(args.save):
         raise cli.UserError("--save would overwrite --load; choose another output path")
+    check_output_path(args.save)  # before the work: a folder, device or pipe is refused
     checkpoint = load_checkpoint(args.load)
     model, info = model_from_checkpoint(checkpoint, args.arch, args.load)
     if info["form"] == "deploy":

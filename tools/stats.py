@@ -4,12 +4,13 @@
     python tools/stats.py --all --size 224
     python tools/stats.py --arch RepVGG-A0 RepVGG-B0 --json
 
-Counts come from common/opcount.py (one forward pass on zeros, hooks on every conv and linear
+Counts come from model/opcount.py (one forward pass on zeros, hooks on every conv and linear
 layer). FLOPs are multiply-accumulates per image, the RepVGG paper's convention (RepVGG-A0:
-1.4 G); BN, ReLU, additions and pooling are not counted. Parameters are learnable weights
+1.4 G); BN, ReLU, additions and pooling are not counted. Binary convolutions (BinaryResNet18-*)
+are counted as BOPs (binary operations), in their own column, not as FLOPs. Each column's unit
+(G, M, K) is chosen so the largest value shows 1-4 digits. Parameters are learnable weights
 (BN running statistics are buffers, not parameters), as in the paper's table.
 """
-import argparse
 import json
 import os
 import sys
@@ -38,44 +39,57 @@ def model_stats(arch, size=224, num_classes=1000):
     return result
 
 
+def _unit(values):
+    """(divisor, prefix) that shows the largest of ``values`` with 1-4 integer digits."""
+    top = max(values, default=0)
+    for div, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if top >= div:
+            return div, prefix
+    return 1.0, ""
+
+
 def format_table(rows):
-    lines = ["| model | size | train params (M) | deploy params (M) | train FLOPs (G) "
-             "| deploy FLOPs (G) |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    """A Markdown table; FLOPs (MACs) and BOPs in one unit per column, chosen so the largest
+    value has 1-4 digits (G at 224, M at 32x32); a BOPs column when a model has binary convs."""
+    flops_div, flops_unit = _unit([r[f]["flops"] for r in rows for f in ("train", "deploy")])
+    params_div, params_unit = _unit([r[f]["params"] for r in rows for f in ("train", "deploy")])
+    binary = any("bops" in r[f] for r in rows for f in ("train", "deploy"))
+    bops_div, bops_unit = _unit([r[f].get("bops", 0) for r in rows for f in ("train", "deploy")])
+    head = ["model", "size", "train params (%s)" % params_unit, "deploy params (%s)" % params_unit,
+            "train FLOPs (%s)" % flops_unit, "deploy FLOPs (%s)" % flops_unit]
+    if binary:
+        head += ["train BOPs (%s)" % bops_unit, "deploy BOPs (%s)" % bops_unit]
+    lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
     for r in rows:
-        lines.append("| %s | %d | %.2f | %.2f | %.2f | %.2f |" % (
-            r["arch"], r["size"], r["train"]["params"] / 1e6, r["deploy"]["params"] / 1e6,
-            r["train"]["flops"] / 1e9, r["deploy"]["flops"] / 1e9))
+        cells = [r["arch"], "%d" % r["size"]]
+        cells += ["%.2f" % (r[f]["params"] / params_div) for f in ("train", "deploy")]
+        cells += ["%.2f" % (r[f]["flops"] / flops_div) for f in ("train", "deploy")]
+        if binary:
+            cells += ["%.2f" % (r[f].get("bops", 0) / bops_div) for f in ("train", "deploy")]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
-                                formatter_class=_Formatter)
+    p = cli.ArgumentParser(__doc__)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--arch", nargs="+", help="registered model names")
     which.add_argument("--all", action="store_true", help="every registered model")
-    p.add_argument("--size", type=int, default=224, help="input resolution (square)")
-    p.add_argument("--num-classes", type=int, default=1000, help="classifier outputs")
+    p.add_argument("--size", type=cli.integer(min=32, max=1024), default=224,
+                   help="input resolution (square), 32 or more (five stride-2 stages)")
+    p.add_argument("--num-classes", type=cli.integer(min=1), default=1000,
+                   help="classifier outputs")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = p.parse_args(argv)
-    if args.size < 1 or args.num_classes < 1:
-        p.error("--size and --num-classes must be positive")
-    return args
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     use_device("cpu")
-    from model import get_model, list_models
+    from model import list_models
+    from model.registry import check_name
 
-    names = list_models() if args.all else args.arch
-    for name in names:
-        if name not in list_models():
-            get_model(name)  # raises the registry's error, which lists the known names
+    names = list_models() if args.all else [check_name(n) for n in args.arch]
     rows = [model_stats(name, args.size, args.num_classes)
             for name in tqdm(names, desc="counting", disable=len(names) < 2, leave=False)]
     print(json.dumps(rows, indent=1) if args.json else format_table(rows))
