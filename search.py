@@ -16,7 +16,7 @@ import sys
 import time
 
 from common import cli
-from common.atomic import OutputPathError
+from common.atomic import OutputPathError, check_output_path
 from common.device import use_device
 from common.runlock import RunLock
 from errors import UserError
@@ -234,6 +234,7 @@ def cmd_lut(args):
               % (args.verify, space.name, space.hash, *table.latency.shape, table.unit,
                  table.meta["device"]))
         return 0
+    check_output_path(args.out)  # before minutes of measuring
     start = time.perf_counter()
     table = measure_table(space, args.batch, args.warmup, args.runs, inner=args.inner,
                           progress=None if args.no_progress
@@ -303,6 +304,12 @@ def run_checkpoint(run, which):
     return path
 
 
+def paths_of(args):
+    """derive's output files: --out, or NAME_i.json for i = 0..n-1 with --n > 1."""
+    stem, ext = os.path.splitext(args.out)
+    return [args.out] if args.n == 1 else ["%s_%d%s" % (stem, i, ext) for i in range(args.n)]
+
+
 def cmd_derive(args):
     from search.derive import arch_from_choices, choose
     from search.jsonio import write_json
@@ -310,14 +317,14 @@ def cmd_derive(args):
     from search.space import from_dict
     from search.trainer import load_run
 
+    for path in paths_of(args):
+        check_output_path(path)
     state = load_run(run_checkpoint(args.run, args.which))
     space, lut = from_dict(state["space"]), LatencyTable.from_dict(state["lut"])
     theta = state["supernet"]["theta"]
     archs = [arch_from_choices(space, c, lut) for c in choose(theta, args.mode, args.n,
                                                                args.seed)]
-    stem, ext = os.path.splitext(args.out)
-    paths = [args.out] if args.n == 1 else ["%s_%d%s" % (stem, i, ext) for i in range(args.n)]
-    for arch, path in zip(archs, paths):
+    for arch, path in zip(archs, paths_of(args)):
         write_json(arch, path)
         print("%s: %s  (predicted %.1f %s)" % (path, " ".join(l["op"] for l in arch["layers"]),
                                                arch["predicted_latency"], arch["latency_unit"]))

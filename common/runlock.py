@@ -44,7 +44,11 @@ class RunLock:
         self.held = False
 
     def acquire(self):
-        os.makedirs(self.folder, exist_ok=True)
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+        except OSError as e:  # a read-only place, or a file where the folder should be
+            raise UserError("cannot create the run folder %s (%s)"
+                            % (self.folder, e.strerror or e)) from None
         me = "%d %s" % (os.getpid(), socket.gethostname())
         for _ in range(2):  # the second try follows the removal of a dead holder's lock
             try:

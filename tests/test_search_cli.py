@@ -1,0 +1,106 @@
+"""search.py as a user runs it: TAS runs own their folder (M8), bounded arguments (m6), no
+numpy noise (m10), one-line errors for odd outputs (m8), flags generated from the configs."""
+import dataclasses
+import json
+import os
+import re
+import socket
+
+import pytest
+
+from helpers import ROOT, call_tool, load_tool, one_line_error, run_tool
+
+TAS = ["tas", "--epochs", "1", "--max-steps", "1", "--batch-size", "8", "--device", "cpu",
+       "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tas_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tas") / "run"
+    proc = run_tool("search.py", *TAS, "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_tas_writes_its_run_without_numpy_noise(tas_run):
+    out, proc = tas_run
+    assert {"arch.json", "latest.pkl", "search.log"} <= set(os.listdir(out))
+    assert "smallest subnormal" not in proc.stderr  # m10
+    assert "wrote %s" % (out / "arch.json") in proc.stdout
+    assert not (out / ".lock").exists()  # released
+
+
+def test_tas_into_a_folder_holding_a_run_is_refused_and_changes_nothing(tas_run):
+    out, _ = tas_run
+    before = {f: (out / f).read_bytes() for f in ("arch.json", "latest.pkl")}
+    proc = call_tool("search.py", *TAS, "--out", out, "--seed", "3")
+    assert proc.returncode == 2
+    msg = one_line_error(proc)
+    assert str(out) in msg and "already holds a run" in msg
+    assert {f: (out / f).read_bytes() for f in before} == before
+
+
+@pytest.mark.parametrize("command", ["tas", "train"])
+def test_a_folder_in_use_by_a_live_run_is_refused(tmp_path, command):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / ".lock").write_text("%d %s\n" % (os.getppid(), socket.gethostname()))  # alive
+    argv = TAS if command == "tas" else ["train", "--lut", tmp_path / "none.json",
+                                         "--device", "cpu"]
+    msg = one_line_error(call_tool("search.py", *argv, "--out", out))
+    assert "in use by another run" in msg and str(out) in msg
+
+
+@pytest.mark.parametrize("args, words", [
+    (["train", "--epochs", "0"], "--epochs: must be at least 1, got 0"),
+    (["train", "--batch-size", "0"], "--batch-size: must be at least 1, got 0"),
+    (["train", "--max-steps", "-1"], "--max-steps: must be at least 0, got -1"),
+    (["train", "--w-fraction", "1.5"], "--w-fraction: must be at most 1"),
+    (["tas", "--epochs", "0"], "--epochs: must be at least 1, got 0"),
+    (["tas", "--flop-ratio", "0"], "--flop-ratio: must be above 0"),
+    (["lut", "--runs", "0"], "--runs: must be at least 1, got 0"),
+    (["derive", "--n", "0"], "--n: must be at least 1, got 0"),
+    (["train", "--device", "banana"], "unknown device 'banana'"),
+])
+def test_bad_numbers_are_one_line(args, words, tmp_path):
+    proc = call_tool("search.py", *args, "--out", tmp_path / "o") if args[0] != "derive" else \
+        call_tool("search.py", *args, "--run", tmp_path, "--out", tmp_path / "a.json")
+    assert proc.returncode == 2 and words in one_line_error(proc)
+    assert not (tmp_path / "o").exists()
+
+
+def test_odd_output_paths_are_one_line(tmp_path, tas_run):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "folder").mkdir()
+    out, _ = tas_run
+    # a folder as the TAS run folder's parent is a file; lut/derive outputs that are folders
+    assert "cannot create the run folder" in one_line_error(call_tool("search.py", *TAS, "--out",
+                                                                     tmp_path / "file" / "run"))
+    for target in (tmp_path / "folder", str(tmp_path / "new") + "/"):
+        msg = one_line_error(call_tool("search.py", "lut", "--space", "tas_digits", "--device",
+                                       "cpu", "--runs", "1", "--warmup", "0", "--out", target,
+                                       "--no-progress"))
+        assert "folder" in msg
+    assert not (tmp_path / "new").exists()
+
+
+def test_train_flags_are_the_search_config_fields_with_its_defaults():
+    from search.tas import TASConfig
+    from search.trainer import SearchConfig
+    search = load_tool("search.py")
+    subparsers = [a for a in search.build_parser()._actions
+                  if a.__class__.__name__ == "_SubParsersAction"][0].choices
+    for command, config, special in (("train", SearchConfig, {"epochs": None}),
+                                     ("tas", TASConfig, {})):
+        defaults = {a.dest: a.default for a in subparsers[command]._actions}
+        for field in dataclasses.fields(config):
+            assert defaults[field.name] == special.get(field.name, field.default), field.name
+
+
+def test_search_package_has_no_argparse_or_print():
+    folder = os.path.join(ROOT, "search")
+    for name in os.listdir(folder):
+        if name.endswith(".py"):
+            text = open(os.path.join(folder, name)).read()
+            assert "argparse" not in text, name
+            assert not re.search(r"(^|[^\w.])print\(", text), name
