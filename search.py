@@ -71,12 +71,15 @@ CONFIG_FLAGS = {
 }
 
 
-def add_config_args(p, config_class, **defaults):
-    """One flag per field of ``config_class`` (``--w-lr`` for ``w_lr``), with the field's
-    default unless ``defaults`` overrides it (None: decided at run time, see the help)."""
+def add_config_args(p, config_class, unset=False):
+    """One flag per field of ``config_class`` (``--w-lr`` for ``w_lr``) with the field's
+    default; ``unset=True`` leaves the flags None unless given (the help still names the
+    field's default), so a command can tell which ones the user typed."""
     for field in dataclasses.fields(config_class):
         kind, text = CONFIG_FLAGS[field.name]
-        default = defaults.get(field.name, field.default)
+        default = None if unset else field.default
+        if unset:
+            text = "%s (default: %s)" % (text, field.default)
         flag = "--" + field.name.replace("_", "-")
         if isinstance(kind, tuple):
             p.add_argument(flag, choices=kind, default=default, help=text)
@@ -84,9 +87,14 @@ def add_config_args(p, config_class, **defaults):
             p.add_argument(flag, type=kind, default=default, help=text)
 
 
-def config_from_args(config_class, args, **values):
-    return config_class(**{f.name: values.get(f.name, getattr(args, f.name))
-                           for f in dataclasses.fields(config_class)})
+def given_config_args(config_class, args):
+    """{field: value} of the config flags the user typed (with ``add_config_args(unset=True)``)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)
+            if getattr(args, f.name, None) is not None}
+
+
+def config_from_args(config_class, args):
+    return config_class(**given_config_args(config_class, args))
 
 
 def add_space_args(p, default="digits"):
@@ -143,7 +151,7 @@ def build_parser():
                    help="continue the run in --out from its latest.pkl, exactly (its space, "
                         "table and settings; only --epochs may extend it)")
     from search.trainer import SearchConfig
-    add_config_args(q, SearchConfig, epochs=None)
+    add_config_args(q, SearchConfig, unset=True)
     for action in q._actions:
         if action.dest == "epochs":
             action.help = ("total epochs, warm-up included (default: %d for a new search; a "
@@ -270,6 +278,11 @@ def _train(args):
         from search.trainer import load_run
         from search.space import from_dict
 
+        changed = sorted(set(given_config_args(SearchConfig, args)) - {"epochs"})
+        if changed:
+            raise UserError("%s cannot change on --resume (the run keeps its own settings; only "
+                            "--epochs may extend it)" % ", ".join(
+                                "--" + k.replace("_", "-") for k in changed))
         space = from_dict(load_run(latest)["space"])
         train, val = load_digits_for(space)
         searcher = resume(latest, train, val, args.out, epochs=args.epochs)
@@ -283,8 +296,7 @@ def _train(args):
             raise UserError("--lut is required for a new search (make one with 'search.py lut')")
         space = space_from_args(args)
         lut = load_table(args.lut, space)
-        config = config_from_args(SearchConfig, args, epochs=SearchConfig.epochs
-                                  if args.epochs is None else args.epochs)
+        config = config_from_args(SearchConfig, args)
         train, val = load_digits_for(space)
         searcher = Searcher(space, lut, train, val, config, args.out)
         setup_logging(args.out)

@@ -90,11 +90,23 @@ def test_train_flags_are_the_search_config_fields_with_its_defaults():
     search = load_tool("search.py")
     subparsers = [a for a in search.build_parser()._actions
                   if a.__class__.__name__ == "_SubParsersAction"][0].choices
-    for command, config, special in (("train", SearchConfig, {"epochs": None}),
-                                     ("tas", TASConfig, {})):
-        defaults = {a.dest: a.default for a in subparsers[command]._actions}
-        for field in dataclasses.fields(config):
-            assert defaults[field.name] == special.get(field.name, field.default), field.name
+    # train's flags stay None unless typed (so --resume can refuse changed settings); the
+    # config then takes its own defaults
+    args = subparsers["train"].parse_args([])
+    assert search.config_from_args(SearchConfig, args) == SearchConfig()
+    args = subparsers["train"].parse_args(["--w-lr", "0.5", "--noise", "per_batch"])
+    assert search.config_from_args(SearchConfig, args) == SearchConfig(w_lr=0.5,
+                                                                      noise="per_batch")
+    defaults = {a.dest: a.default for a in subparsers["tas"]._actions}
+    for field in dataclasses.fields(TASConfig):
+        assert defaults[field.name] == field.default, field.name
+    assert "(default: 0.01)" in " ".join(subparsers["train"].format_help().split())
+
+
+def test_resume_refuses_settings_it_would_ignore(tmp_path):
+    msg = one_line_error(call_tool("search.py", "train", "--resume", "--out", tmp_path,
+                                   "--w-lr", "0.5", "--device", "cpu"))
+    assert "--w-lr cannot change on --resume" in msg
 
 
 def test_search_package_has_no_argparse_or_print():

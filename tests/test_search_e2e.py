@@ -119,3 +119,38 @@ def test_train_py_trains_the_found_arch(run_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for f in ("latest.pkl", "best.pkl", "deploy.pkl", "metrics.csv"):
         assert (out / f).exists(), f
+
+
+def test_searched_network_converts_exports_and_evaluates_after_arch_json_is_gone(run_dir,
+                                                                                  tmp_path):
+    # M4: train.py --arch arch.json (a relative path) records the architecture itself, so the
+    # checkpoints rebuild it from another folder once arch.json is deleted.
+    import shutil
+    import subprocess
+    import sys
+
+    def tool(cwd, script, *args):
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)],
+                              cwd=cwd, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, (script, proc.stderr[-3000:])
+        return proc
+
+    searched, elsewhere = tmp_path / "searched", tmp_path / "elsewhere"
+    searched.mkdir()
+    elsewhere.mkdir()
+    shutil.copy(run_dir / "arch.json", searched / "arch.json")
+    out = tmp_path / "trained"
+    tool(searched, "train.py", "--arch", "arch.json", "--epochs", "1", "--batch-size", "16",
+         "--output", out, "--device", "cpu", "--workers", "0", "--image-size", "16",
+         "--max-steps-per-epoch", "2", "--max-val-images", "32", "--no-progress")
+    os.remove(searched / "arch.json")
+    tool(elsewhere, "tools/convert.py", "--load", out / "best.pkl", "--save", "converted.pkl")
+    tool(elsewhere, "tools/export.py", "--load", "converted.pkl", "--output", "net.mge",
+         "--size", "16")
+    assert (elsewhere / "net.mge").stat().st_size > 1000
+    results = [tool(elsewhere, "tools/eval.py", ckpt, "--device", "cpu", "--limit", "32")
+               for ckpt in (out / "deploy.pkl", "converted.pkl")]
+    lines = [r.stdout.strip().splitlines()[-1] for r in results]
+    assert all("searched network" in l and "deploy form" in l and "digits val (32 images, 16x16)"
+               in l for l in lines), lines
+    assert lines[0].split("):")[1] == lines[1].split("):")[1]  # same accuracy and loss
