@@ -1,7 +1,6 @@
 """search.py as a user runs it: TAS runs own their folder (M8), bounded arguments (m6), no
 numpy noise (m10), one-line errors for odd outputs (m8), flags generated from the configs."""
 import dataclasses
-import json
 import os
 import re
 import socket

@@ -11,8 +11,9 @@ from megengine.autodiff import GradManager
 from model.opcount import count_ops
 from model.derived import build_from_arch
 from search.space import get_space, make_space
-from search.tas import (TASNet, TASSearch, TASConfig, arch_from_widths, channel_interp,
-                        expected_flops, flop_loss, get_flop, select2, width_choices)
+from search.tas import TASConfig, TASSearch
+from search.tas_net import (TASNet, arch_from_widths, channel_interp,
+                            expected_flops, flop_loss, get_flop, select2, width_choices)
 from tests.search_fixtures import tiny_data
 
 
