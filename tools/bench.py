@@ -7,7 +7,6 @@ Both forms of the same weights run in eval mode, eager MegEngine, on the same in
 alternate between the two forms so that machine noise hits both alike. Prints images/s (median
 over --runs) and the deploy/train ratio as a Markdown table.
 """
-import argparse
 import os
 import sys
 
@@ -16,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from common import cli  # noqa: E402
-from common.device import use_device  # noqa: E402
+from common.device import DEVICE_HELP, use_device  # noqa: E402
 from common.timing import interleaved_medians  # noqa: E402
 
 
@@ -28,15 +27,15 @@ def bench_pair(models, x, warmup, runs):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(__doc__)
     p.add_argument("--arch", nargs="+", default=["RepVGG-A0", "RepVGG-B0"], help="models")
-    p.add_argument("--batch", nargs="+", type=int, default=[1, 8], help="batch sizes")
-    p.add_argument("--size", type=int, default=224, help="input resolution")
-    p.add_argument("--warmup", type=int, default=3, help="untimed runs per form first")
-    p.add_argument("--runs", type=int, default=10, help="timed runs per form")
-    p.add_argument("--device", default="auto",
-                   help="auto (all CPU cores or GPU), cpu (one thread), cpuN, gpu")
+    p.add_argument("--batch", nargs="+", type=cli.integer(min=1), default=[1, 8],
+                   help="batch sizes")
+    p.add_argument("--size", type=cli.integer(min=32), default=224, help="input resolution")
+    p.add_argument("--warmup", type=cli.integer(min=0), default=3,
+                   help="untimed runs per form first")
+    p.add_argument("--runs", type=cli.integer(min=1), default=10, help="timed runs per form")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     return p.parse_args(argv)
 
 

@@ -20,24 +20,26 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from common import cli  # noqa: E402
-from common.device import use_device  # noqa: E402
+from common.device import DEVICE_HELP, use_device  # noqa: E402
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(__doc__)
     p.add_argument("--space", default="digits", help="search-space preset")
-    p.add_argument("--device", default="auto",
-                   help="auto (all CPU cores or GPU), cpu (one thread), cpuN, gpu")
-    p.add_argument("--warmup", type=int, default=10, help="untimed runs per measurement")
-    p.add_argument("--runs", type=int, default=30, help="timed runs per measurement (median)")
-    p.add_argument("--inner", type=int, default=10,
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--warmup", type=cli.integer(min=0), default=10,
+                   help="untimed runs per measurement")
+    p.add_argument("--runs", type=cli.integer(min=1), default=30,
+                   help="timed runs per measurement (median)")
+    p.add_argument("--inner", type=cli.integer(min=1), default=10,
                    help="calls per timed run before one wait for the result")
     p.add_argument("--epoch", action=argparse.BooleanOptionalAction, default=True,
                    help="also time one search epoch")
-    p.add_argument("--batch-size", type=int, default=64, help="search batch size")
-    p.add_argument("--archs", type=int, default=3, help="random architectures to check")
-    p.add_argument("--seed", type=int, default=0, help="seed of search and random archs")
+    p.add_argument("--batch-size", type=cli.integer(min=1), default=64,
+                   help="search batch size")
+    p.add_argument("--archs", type=cli.integer(min=1), default=3,
+                   help="random architectures to check")
+    p.add_argument("--seed", type=cli.integer(min=0), default=0, help="seed of search and random archs")
     return p.parse_args(argv)
 
 
