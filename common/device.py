@@ -36,17 +36,21 @@ class DeviceError(UserError):
 
 
 DEVICE_HELP = "auto (GPU if usable, else all CPU cores), cpu (one thread), cpuN (N threads), gpu, gpuN"
-# MegEngine's own spellings, accepted as they are: cpu0, cpux, xpux, gpu1, gpu0:1, multithread4:0
+# MegEngine's own spellings, accepted as they are: cpux, xpux, gpu1, gpu0:1, multithread4:0
 _NATIVE = re.compile(r"^(?:(cpu|gpu|xpu)(\d+|x)(?::\d+)?|multithread(\d+):\d+)$")
 
 
+def max_threads():
+    """The most CPU threads a command may ask for: 4 x the usable cores (more only adds
+    contention: 999 threads on 2 cores gave a load average of 117)."""
+    return 4 * cpu_count()
+
+
 def check_threads(n, what="threads"):
-    """``n`` CPU threads, refused (one line) unless 1 <= n <= the usable cores: more threads
-    than cores only adds contention (999 threads gave a load average of 117)."""
-    cores = cpu_count()
-    if not 1 <= n <= cores:
-        raise DeviceError("%s must be between 1 and %d (the usable CPU cores here), got %d"
-                          % (what, cores, n))
+    """``n`` CPU threads, refused (one line) unless 1 <= n <= ``max_threads()``."""
+    if not 1 <= n <= max_threads():
+        raise DeviceError("%s must be between 1 and %d (4 x the %d usable CPU cores here), got %d"
+                          % (what, max_threads(), cpu_count(), n))
     return n
 
 
@@ -76,9 +80,9 @@ def resolve_device(name="auto"):
 
     auto      first GPU when CUDA is usable, else the multi-threaded CPU device on all cores
     cpu       single-threaded CPU
-    cpuN      (e.g. cpu2) the multi-threaded CPU device with N threads (N <= usable cores)
+    cpuN      (e.g. cpu2) the multi-threaded CPU device with N threads (N <= max_threads())
     gpu/gpuN  CUDA device (refused when there is no such GPU)
-    MegEngine's own names (``cpux``, ``cpu0``, ``xpux``, ``multithread4:0``, ``gpu0:1``) pass
+    MegEngine's own names (``cpux``, ``xpux``, ``multithread4:0``, ``gpu0:1``) pass
     unchanged. Anything else raises ``DeviceError`` (one line).
     """
     name = str(name).strip()
