@@ -94,6 +94,9 @@ def report(state_path, png, measure=False, arch_path=None):
     lines = []
     state = load_run(state_path)
     space, lut = from_dict(state["space"]), LatencyTable.from_dict(state["lut"])
+    given = load_arch_file(arch_path) if measure and arch_path else None
+    if given is not None:
+        arch_choices(given, space, arch_path)  # refused before anything is written
     probs = softmax(np.asarray(state["supernet"]["theta"], np.float64))
     lines.append("run %s: space %s (hash %s), epoch %d, tau %.4f, best val acc %s"
           % (state_path, space.name, space.hash, state["epoch"], state["tau"],
@@ -113,8 +116,7 @@ def report(state_path, png, measure=False, arch_path=None):
         if lut.unit != "us":
             lines.append("not measured: the table's unit is %s (a cost proxy), not time" % lut.unit)
             return lines
-        arch = (load_arch_file(arch_path) if arch_path
-                else arch_from_choices(space, np.argmax(probs, axis=1), lut))
+        arch = given or arch_from_choices(space, np.argmax(probs, axis=1), lut)
         choices = arch_choices(arch, space, arch_path or "the argmax architecture")
         predicted = lut.network_latency(choices)
         device = str(mge.get_default_device())

@@ -84,3 +84,18 @@ def test_run_silences_the_subnormal_note(capsys):
             cli.run(main, [])
     assert e.value.code == 0
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("tool", ["tools/eval.py", "tools/predict.py", "tools/stats.py",
+                                  "tools/convert.py", "verify.py"])
+def test_tool_help_has_no_misleading_defaults_and_one_description(tool, capsys):
+    from helpers import load_tool
+    module = load_tool(tool)
+    with pytest.raises(SystemExit):
+        module.parse_args(["--help"])
+    text = capsys.readouterr().out
+    summary = module.__doc__.strip().splitlines()[0]
+    assert text.count(summary) == 1, text
+    flat = " ".join(text.split())
+    assert "(default: None)" not in flat and "(default: True)" not in flat
+    assert "(default: False)" not in flat

@@ -154,3 +154,19 @@ def test_searched_network_converts_exports_and_evaluates_after_arch_json_is_gone
     assert all("searched network" in l and "deploy form" in l and "digits val (32 images, 16x16)"
                in l for l in lines), lines
     assert lines[0].split("):")[1] == lines[1].split("):")[1]  # same accuracy and loss
+
+
+def test_show_measure_of_an_arch_from_another_space_is_one_line(run_dir, tmp_path):
+    # was: ValueError: tuple.index(x): x not in tuple
+    from helpers import call_tool, one_line_error
+    from search.jsonio import write_json
+    from search.space import get_space
+    from search.tas_net import arch_from_widths
+    space = get_space("tas_digits")
+    other = write_json(arch_from_widths(space, [l.C_out for l in space.layers]),
+                       str(tmp_path / "tas_arch.json"))
+    png = tmp_path / "theta.png"
+    msg = one_line_error(call_tool("search.py", "show", "--run", run_dir / "run", "--measure",
+                                   "--arch", other, "--png", png, "--device", "cpu"))
+    assert other in msg and "not derived from this run's space digits" in msg
+    assert not png.exists()
