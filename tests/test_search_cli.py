@@ -27,6 +27,11 @@ def test_tas_writes_its_run_without_numpy_noise(tas_run):
     assert "smallest subnormal" not in proc.stderr  # m10
     assert "wrote %s" % (out / "arch.json") in proc.stdout
     assert not (out / ".lock").exists()  # released
+    # m16: a result away from the FLOP target says by how much
+    found, target = re.search(r": ([\d.]+) of [\d.]+ MMACs \(target ([\d.]+)", proc.stdout).groups()
+    off = float(found) / float(target) - 1
+    if abs(off) > 0.05:
+        assert "%+.0f%% off" % (100 * off) in proc.stdout, proc.stdout
 
 
 def test_tas_into_a_folder_holding_a_run_is_refused_and_changes_nothing(tas_run):

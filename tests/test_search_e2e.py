@@ -170,3 +170,12 @@ def test_show_measure_of_an_arch_from_another_space_is_one_line(run_dir, tmp_pat
                                    "--arch", other, "--png", png, "--device", "cpu"))
     assert other in msg and "not derived from this run's space digits" in msg
     assert not png.exists()
+
+
+def test_show_png_onto_a_folder_is_one_line(run_dir, tmp_path):
+    # m8: the chart goes through the atomic writer; a folder as --png is refused
+    from helpers import call_tool, one_line_error
+    (tmp_path / "chart.png").mkdir()
+    msg = one_line_error(call_tool("search.py", "show", "--run", run_dir / "run", "--png",
+                                   tmp_path / "chart.png", "--device", "cpu"))
+    assert "is a folder" in msg
