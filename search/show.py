@@ -8,9 +8,10 @@ import numpy as np
 import megengine as mge
 
 from common.atomic import atomic_path
+from common.numeric import softmax
 from model.derived import build_from_arch, load_arch_file
 
-from .derive import arch_from_choices, softmax
+from .derive import arch_from_choices
 from .latency import LatencyTable, time_modules
 from .space import from_dict
 from .trainer import load_run

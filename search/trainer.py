@@ -257,6 +257,6 @@ def resume(path, train, val, out_dir, epochs=None):
     lut = LatencyTable.from_dict(state["lut"])
     config = SearchConfig(**state["config"])
     if epochs is not None:
-        config.epochs = epochs
+        config = dataclasses.replace(config, epochs=epochs)
     searcher = Searcher(space, lut, train, val, config, out_dir)
     return searcher.load_state_dict(state)
