@@ -95,3 +95,19 @@ def test_train_form_and_unknown_modules_are_refused():
     binary = model.get_model("BinaryResNet18-awnas", num_classes=10)
     with pytest.raises(OnnxExportError, match="^cannot export a module of type BinaryResNet18 to ONNX"):
         to_onnx(binary, (1, 3, SIZE, SIZE))
+
+
+def test_infer_refuses_a_model_whose_input_differs_from_its_preprocessing(tmp_path):
+    from deploy.preprocess import small_spec
+    from helpers import one_line_error, run_tool
+    from PIL import Image
+
+    deploy = model.convert_to_deploy(NETWORKS["searched"]())
+    path = tmp_path / "m.onnx"
+    export_onnx(deploy, str(path), (1, 3, SIZE, SIZE), json.loads(runtime.encode_metadata(
+        {"preprocess": small_spec(16).to_dict()})))
+    Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
+    proc = run_tool("tools/infer.py", path, tmp_path / "a.png")
+    assert proc.returncode == 2
+    assert "takes 32x32 input but its recorded preprocessing gives 16x16 images" \
+        in one_line_error(proc)
