@@ -29,6 +29,7 @@ first round; a mismatch stops the benchmark.
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -254,8 +255,13 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     pass
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # the temp folder is removed and the running worker is killed
+
+
 def main(argv=None):
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     start = time.time()
     load = os.getloadavg()[0]
     lines = []
