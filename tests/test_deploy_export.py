@@ -239,7 +239,6 @@ def test_the_shipped_algorithm_cache_is_what_infer_needs(exported, tmp_path):
     import base64
     import json
     import subprocess
-    import sys
 
     info = json.loads(lite.read_user_info(str(exported["mge"])))
     assert info["format"] == runtime.METADATA_FORMAT

@@ -90,10 +90,12 @@ def test_train_form_and_unknown_modules_are_refused():
         to_onnx(NETWORKS["searched"](), (1, 3, SIZE, SIZE))
     fbnet = build_model(dict(TINY_ARCH, layers=[{"op": "ir_k3_e3", "C_in": 8, "C_out": 16,
                                                    "stride": 2}]), 10, deploy=True)
-    with pytest.raises(OnnxExportError, match="cannot export a module of type InvertedResidual to ONNX"):
+    with pytest.raises(OnnxExportError,
+                       match="cannot export a module of type InvertedResidual to ONNX"):
         to_onnx(fbnet, (1, 3, SIZE, SIZE))
     binary = model.get_model("BinaryResNet18-awnas", num_classes=10)
-    with pytest.raises(OnnxExportError, match="^cannot export a module of type BinaryResNet18 to ONNX"):
+    with pytest.raises(OnnxExportError,
+                       match="^cannot export a module of type BinaryResNet18 to ONNX"):
         to_onnx(binary, (1, 3, SIZE, SIZE))
 
 
