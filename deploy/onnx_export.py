@@ -14,6 +14,9 @@ ConvBn                 Conv with the eval-mode BatchNorm folded into weight and 
 GlobalAvgPool          GlobalAveragePool -> Flatten
 Linear                 Gemm (transB)
 DerivedNet (searched)  stem, its layers, optional head, pool, classifier
+InvertedResidual       FBNet's block: 1x1 ConvBn ReLU [channel shuffle as a 1x1 permutation
+                       Conv] -> depthwise ConvBn ReLU -> 1x1 ConvBn [+ Add input]
+Skip                   nothing, or its 1x1 ConvBn ReLU projection
 =====================  ====================================================================
 
 MegEngine stores a grouped conv's weight as ``(groups, out/groups, in/groups, kh, kw)``; ONNX as
@@ -137,6 +140,29 @@ def _emit_repvgg_block(g, m, x):
     return g.op("Relu", [_emit(g, m.se, y)])
 
 
+def _channel_shuffle(g, x, channels, groups):
+    """``model.fbnet.channel_shuffle`` ((g, C/g) -> (C/g, g)) as a 1x1 conv with a permutation
+    kernel: exact (each output is one input times 1.0), and needs no shape arithmetic."""
+    per = channels // groups
+    kernel = np.zeros((channels, channels, 1, 1), np.float32)
+    for j in range(per):
+        for i in range(groups):
+            kernel[j * groups + i, i * per + j] = 1.0
+    return g.op("Conv", [x, g.const(kernel)], kernel_shape=[1, 1])
+
+
+def _emit_inverted_residual(g, m, x):
+    y = _emit(g, m.pw, x)
+    if m.groups > 1:
+        y = _channel_shuffle(g, y, m.pw.conv.out_channels, m.groups)
+    y = _emit(g, m.pwl, _emit(g, m.dw, y))
+    return g.op("Add", [y, x]) if m.use_residual else y
+
+
+def _emit_skip(g, m, x):
+    return x if m.proj is None else _emit(g, m.proj, x)
+
+
 def _emit_gap(g, m, x):
     return g.op("Flatten", [g.op("GlobalAveragePool", [x])], axis=1)
 
@@ -201,6 +227,7 @@ EMITTERS = {
     "SEBlock": _emit_se, "ConvBn": _emit_convbn, "GlobalAvgPool": _emit_gap,
     "DerivedNet": _emit_derived, "Linear": _emit_linear, "Conv2d": _emit_conv2d,
     "Identity": _emit_identity, "ReLU": _emit_relu, "Sequential": _emit_sequential,
+    "InvertedResidual": _emit_inverted_residual, "Skip": _emit_skip,
 }
 
 

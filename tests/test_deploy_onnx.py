@@ -1,7 +1,7 @@
 """deploy/onnx_export.py: the ONNX graph of a deploy-form model, run by ONNX Runtime (the real
 library), computes what MegEngine's eager deploy model computes: plain, grouped, SE before and
-after the ReLU (RepVGG-D2se style, RepVGGplus), searched networks; dynamic batch; metadata; one-
-line refusal of module types it does not know."""
+after the ReLU (RepVGG-D2se style, RepVGGplus), searched networks (RepVGG and FBNet layers); dynamic batch; metadata; one-
+line refusal of module types it does not know (binary blocks)."""
 import json
 
 import numpy as np
@@ -33,6 +33,12 @@ NETWORKS = {
     "repvggplus-post-se": lambda: RepVGGplus((2, 2, 2, 1), 10, (0.5, 0.5, 0.5, 1),
                                              use_post_se=True),
     "searched": lambda: build_model(TINY_ARCH, 10),
+    "searched-fbnet": lambda: build_model(dict(TINY_ARCH, layers=[
+        {"op": "ir_k3_s2", "C_in": 8, "C_out": 16, "stride": 2},    # grouped, channel shuffle
+        {"op": "ir_k5_e3", "C_in": 16, "C_out": 16, "stride": 1},   # residual
+        {"op": "skip", "C_in": 16, "C_out": 16, "stride": 1},       # identity
+        {"op": "skip", "C_in": 16, "C_out": 24, "stride": 2},       # 1x1 projection
+        {"op": "ir_k3_s2", "C_in": 24, "C_out": 24, "stride": 1}]), 10),
 }
 
 
@@ -88,11 +94,6 @@ def test_metadata_and_file(tmp_path):
 def test_train_form_and_unknown_modules_are_refused():
     with pytest.raises(OnnxExportError, match="train form"):
         to_onnx(NETWORKS["searched"](), (1, 3, SIZE, SIZE))
-    fbnet = build_model(dict(TINY_ARCH, layers=[{"op": "ir_k3_e3", "C_in": 8, "C_out": 16,
-                                                   "stride": 2}]), 10, deploy=True)
-    with pytest.raises(OnnxExportError,
-                       match="cannot export a module of type InvertedResidual to ONNX"):
-        to_onnx(fbnet, (1, 3, SIZE, SIZE))
     binary = model.get_model("BinaryResNet18-awnas", num_classes=10)
     with pytest.raises(OnnxExportError,
                        match="^cannot export a module of type BinaryResNet18 to ONNX"):
