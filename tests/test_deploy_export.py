@@ -70,7 +70,7 @@ spec.loader.exec_module(export)
 ckpt, folder = sys.argv[1:3]
 for options in sys.argv[3:]:
     export.main(["--load", ckpt, "--output", "%s/a0_%s.mge" % (folder, options), "--size", "32",
-                 "--options", options, "--threads", "2"])
+                 "--options", options, "--threads", "2", "--no-algo-cache"])
 """
 
 
