@@ -26,7 +26,6 @@ images/s, the spread (min-max over rounds, the noise of this machine), and the r
 peer. The logits of every path on the same input are compared with PyTorch eager's after the
 first round; a mismatch stops the benchmark.
 """
-import argparse
 import json
 import os
 import signal
@@ -221,8 +220,7 @@ def format_rows(arch, batch, rows):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
-                                formatter_class=_Formatter)
+    p = cli.ArgumentParser(__doc__)
     p.add_argument("--arch", nargs="+", default=["RepVGG-A0", "RepVGG-B0"], help="models")
     p.add_argument("--batch", nargs="+", type=int, default=[1, 16], help="batch sizes")
     p.add_argument("--size", type=int, default=224, help="input resolution")
@@ -249,10 +247,6 @@ def parse_args(argv):
     if args.threads > 4 * cpu_count():
         p.error("--threads %d is more than 4 x the %d CPUs" % (args.threads, cpu_count()))
     return args
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
 
 
 def _interrupt(signum, frame):

@@ -20,7 +20,6 @@ generated images); its output must equal the eager deploy model's, and the eager
 for a train-form checkpoint, to float32 rounding (relative difference <= 1e-5). Only then is the
 file moved into place: a failed check or an interrupted export leaves nothing behind.
 """
-import argparse
 import os
 import sys
 
@@ -34,8 +33,7 @@ from deploy.runtime import check_threads  # noqa: E402
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
-                                formatter_class=_Formatter)
+    p = cli.ArgumentParser(__doc__)
     p.add_argument("--arch", help="architecture name (default: the one the checkpoint records)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--load", metavar="CKPT", help="checkpoint (train or deploy form)")
@@ -67,10 +65,6 @@ def parse_args(argv):
         if value is not None and value < 1:
             p.error("--%s must be positive" % flag.replace("_", "-"))
     return args
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
 
 
 def main(argv=None):

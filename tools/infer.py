@@ -15,7 +15,6 @@ come from the model (recorded at export), else --labels, else class indices are 
 --benchmark times the model exactly as classification runs it (same runtime and settings) on
 random input of the exported size: --warmup untimed runs, then the median of --runs.
 """
-import argparse
 import os
 import sys
 
@@ -59,8 +58,7 @@ def benchmark(model, batch, warmup, runs, seed=0):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
-                                formatter_class=_Formatter)
+    p = cli.ArgumentParser(__doc__)
     p.add_argument("model", metavar="MODEL", help="exported model (.mge or .onnx)")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files")
     p.add_argument("--labels", metavar="FILE", help="class names, one per line (default: the "
@@ -82,10 +80,6 @@ def parse_args(argv):
     if args.benchmark and args.images:
         p.error("--benchmark takes no images")
     return args
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
 
 
 def main(argv=None):
