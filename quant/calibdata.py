@@ -1,0 +1,115 @@
+"""Images to calibrate on and images to check the int8 model on.
+
+``--calib`` may be
+  * omitted: the built-in digits (train split to calibrate, val split to check),
+  * a CIFAR python-batch folder or an ImageNet-style folder (train/ and val/): the train split
+    calibrates, the val split checks, with labels,
+  * any other folder of images (searched recursively): a seeded random part calibrates, the
+    rest checks (no labels, so agreement and SQNR only).
+Images are prepared as the model saw them in evaluation (``data.splits.eval_transform`` for the
+data set and image size the checkpoint records). Subsets are drawn with a fixed seed so that a
+class-sorted folder still gives every class.
+"""
+import dataclasses
+import os
+
+import numpy as np
+
+from data.sources import DataError
+
+
+@dataclasses.dataclass
+class CalibrationData:
+    calib: list          # numpy batches (N, 3, H, W) float32
+    check: list          # numpy batches to compare float and int8 on
+    labels: object       # int array for the check images, or None
+    description: str
+
+
+def _is_cifar(root):
+    return (os.path.isfile(os.path.join(root, "data_batch_1"))
+            or os.path.isdir(os.path.join(root, "cifar-10-batches-py")))
+
+
+def _image_files(root):
+    from data.imagefolder import IMAGE_EXTENSIONS
+
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        found += [os.path.join(folder, f) for f in sorted(files)
+                  if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+    return found
+
+
+class _FileSource:
+    def __init__(self, paths):
+        self.paths = paths
+        self.labels = None
+
+    def __len__(self):
+        return len(self.paths)
+
+    def load(self, i):
+        from PIL import Image
+
+        try:
+            with Image.open(self.paths[i]) as image:
+                return image.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as e:
+            raise DataError("cannot read calibration image %s (%s)" % (self.paths[i], e))
+
+
+def _pick(n, k, seed):
+    return np.sort(np.random.default_rng(seed).permutation(n)[:min(n, k)])
+
+
+def _batches(source, indices, transform, batch_size):
+    out = []
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        out.append(np.stack([transform(source.load(int(i)), None) for i in chunk])
+                   .astype(np.float32))
+    return out
+
+
+def load_calibration(root, dataset, image_size, calib_images=512, check_images=1000,
+                     batch_size=64, seed=0):
+    """``CalibrationData`` for ``root`` (None = built-in digits); ``dataset`` decides the
+    preprocessing ("digits", "cifar10", "cifar100" or "imagenet")."""
+    from data.splits import eval_transform, load_splits
+
+    transform = eval_transform(dataset, image_size)
+    if root is not None:
+        if not os.path.exists(root):
+            raise DataError("calibration data not found: %s" % root)
+        if not os.path.isdir(root):
+            raise DataError("calibration data must be a folder of images: %s" % root)
+    if root is None or _is_cifar(root) or (os.path.isdir(os.path.join(root, "train"))
+                                           and os.path.isdir(os.path.join(root, "val"))):
+        kind = "digits" if root is None else (
+            ("cifar100" if dataset == "cifar100" else "cifar10") if _is_cifar(root)
+            else "imagenet")
+        splits = load_splits(kind, root, image_size, seed=0)
+        calib_idx = _pick(len(splits.train), calib_images, seed)
+        check_idx = _pick(len(splits.val), check_images, seed + 1)
+        return CalibrationData(
+            _batches(splits.train, calib_idx, transform, batch_size),
+            _batches(splits.val, check_idx, transform, batch_size),
+            np.asarray(splits.val.labels)[check_idx],
+            "%s: %d train images to calibrate, %d val images to check"
+            % (root or "built-in digits", len(calib_idx), len(check_idx)))
+    files = _image_files(root)
+    if not files:
+        raise DataError("calibration data %s holds no images" % root)
+    order = np.random.default_rng(seed).permutation(len(files))
+    n_calib = min(calib_images, max(1, len(files) // 2)) if len(files) > 1 else 1
+    calib_idx, check_idx = np.sort(order[:n_calib]), np.sort(order[n_calib:][:check_images])
+    source = _FileSource(files)
+    if not len(check_idx):
+        check_idx = calib_idx
+    return CalibrationData(
+        _batches(source, calib_idx, transform, batch_size),
+        _batches(source, check_idx, transform, batch_size), None,
+        "%s: %d images to calibrate, %d other images to check (no labels)"
+        % (root, len(calib_idx), len(check_idx)))
