@@ -25,7 +25,7 @@ import megengine as mge
 import megengine.functional as F
 import megengine.module as M
 
-from common.errors import UserError
+from errors import UserError
 
 
 class UnsupportedModelError(UserError):

@@ -18,7 +18,7 @@ import megengine as mge
 import megengine.quantization as Q
 from tqdm import tqdm
 
-from common.errors import UserError
+from errors import UserError
 
 OBSERVERS = {
     "minmax": Q.MinMaxObserver,

@@ -6,7 +6,7 @@ import pytest
 import megengine as mge
 
 import model
-from common.parity import check_parity, randomize_batchnorm, sample_inputs
+from model.parity import check_parity, randomize_batchnorm, sample_inputs
 from model import RepVGGBlock
 
 
