@@ -6,8 +6,8 @@
     calibrates, the val split checks, with labels,
   * any other folder of images (searched recursively): a seeded random part calibrates, the
     rest checks (no labels, so agreement and SQNR only).
-Images are prepared as the model saw them in evaluation (``data.splits.eval_transform`` for the
-data set and image size the checkpoint records). Subsets are drawn with a fixed seed so that a
+Images are prepared as the model saw them in evaluation: ``transform`` is the checkpoint's
+preprocessing (``deploy.preprocess.spec_of_checkpoint``). Subsets are drawn with a fixed seed so that a
 class-sorted folder still gives every class.
 """
 import dataclasses
@@ -73,23 +73,32 @@ def _batches(source, indices, transform, batch_size):
     return out
 
 
-def load_calibration(root, dataset, image_size, calib_images=512, check_images=1000,
-                     batch_size=64, seed=0):
-    """``CalibrationData`` for ``root`` (None = built-in digits); ``dataset`` decides the
-    preprocessing ("digits", "cifar10", "cifar100" or "imagenet")."""
-    from data.splits import eval_transform, load_splits
+def data_kind(root, dataset=None):
+    """Which loader reads ``root``: "digits" (None), "cifar10"/"cifar100", "imagenet" (train/
+    and val/), or "files" (any folder of images). ``dataset`` tells CIFAR-100 from CIFAR-10."""
+    if root is None:
+        return "digits"
+    if _is_cifar(root) or (dataset == "cifar100"
+                           and os.path.isdir(os.path.join(root, "cifar-100-python"))):
+        return "cifar100" if dataset == "cifar100" else "cifar10"
+    if os.path.isdir(os.path.join(root, "train")) and os.path.isdir(os.path.join(root, "val")):
+        return "imagenet"
+    return "files"
 
-    transform = eval_transform(dataset, image_size)
+
+def load_calibration(root, transform, dataset=None, calib_images=512, check_images=1000,
+                     batch_size=64, seed=0, image_size=32):
+    """``CalibrationData`` for ``root`` (None = built-in digits at ``image_size``), images
+    prepared by ``transform`` (PIL image, rng -> CHW float32)."""
+    from data.splits import load_splits
+
     if root is not None:
         if not os.path.exists(root):
             raise DataError("calibration data not found: %s" % root)
         if not os.path.isdir(root):
             raise DataError("calibration data must be a folder of images: %s" % root)
-    if root is None or _is_cifar(root) or (os.path.isdir(os.path.join(root, "train"))
-                                           and os.path.isdir(os.path.join(root, "val"))):
-        kind = "digits" if root is None else (
-            ("cifar100" if dataset == "cifar100" else "cifar10") if _is_cifar(root)
-            else "imagenet")
+    kind = data_kind(root, dataset)
+    if kind != "files":
         splits = load_splits(kind, root, image_size, seed=0)
         calib_idx = _pick(len(splits.train), calib_images, seed)
         check_idx = _pick(len(splits.val), check_images, seed + 1)
