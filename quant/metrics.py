@@ -23,12 +23,12 @@ class Agreement:
     float_top1: float = None     # accuracy (fraction) against labels, when known
     int8_top1: float = None
 
-    def describe(self, name="int8"):
-        text = "%s vs float on %d images: top-1 agreement %.2f%%, logit SQNR %.1f dB" % (
-            name, self.images, 100 * self.top1_agreement, self.sqnr_db)
+    def describe(self, name="int8", reference="float"):
+        text = "%s vs %s on %d images: top-1 agreement %.2f%%, logit SQNR %.1f dB" % (
+            name, reference, self.images, 100 * self.top1_agreement, self.sqnr_db)
         if self.float_top1 is not None:
-            text += "; top-1 float %.2f%%, %s %.2f%% (%+.2f points)" % (
-                100 * self.float_top1, name, 100 * self.int8_top1,
+            text += "; top-1 %s %.2f%%, int8 %.2f%% (%+.2f points)" % (
+                reference, 100 * self.float_top1, 100 * self.int8_top1,
                 100 * (self.int8_top1 - self.float_top1))
         return text
 

@@ -218,7 +218,7 @@ def main(argv=None):
         tuned = float_deploy(source, layers, linear)
         tuned_logits = logits(lambda b: tuned(mge.tensor(b)).numpy(), data.check)
         vs_tuned = metrics.agreement(tuned_logits, int8_logits, data.labels)
-        print(vs_tuned.describe("int8 vs fine-tuned float:").replace(" vs float", ""))
+        print(vs_tuned.describe("int8", "fine-tuned float"))
         report["vs_finetuned_float"] = vars(vs_tuned)
     print("wrote %s (%.2f MB)" % (args.output, os.path.getsize(args.output) / 1e6))
     if args.report:
