@@ -46,9 +46,10 @@ def scale_inputs(weight, scale, groups=1):
     return weight * scale.reshape(g, 1, in_g, 1, 1)
 
 
-def equalize(layers, linear, sweeps=20, tolerance=1e-4):
+def equalize(layers, linear, sweeps=500, tolerance=1e-4):
     """Equalized copies ``(layers, linear)`` of a conv-ReLU chain (``quant.network.Layer``) and
-    its classifier ``(weight, bias)``; the network computes the same function."""
+    its classifier ``(weight, bias)``; the network computes the same function. Sweeps stop when
+    no scale moves by more than ``tolerance`` (relative), i.e. ranges agree to ~2x that."""
     kernels = [layer.kernel.astype(np.float64) for layer in layers]
     biases = [layer.bias.astype(np.float64) for layer in layers]
     weight = linear[0].astype(np.float64)
