@@ -73,6 +73,18 @@ def _batches(source, indices, transform, batch_size):
     return out
 
 
+def check_folder(root):
+    """Fail early (one line) on a calibration folder that is missing or holds no images."""
+    if root is None:
+        return
+    if not os.path.exists(root):
+        raise DataError("calibration data not found: %s" % root)
+    if not os.path.isdir(root):
+        raise DataError("calibration data must be a folder of images: %s" % root)
+    if data_kind(root) == "files" and not _image_files(root):
+        raise DataError("calibration data %s holds no images" % root)
+
+
 def data_kind(root, dataset=None):
     """Which loader reads ``root``: "digits" (None), "cifar10"/"cifar100", "imagenet" (train/
     and val/), or "files" (any folder of images). ``dataset`` tells CIFAR-100 from CIFAR-10."""
@@ -92,11 +104,7 @@ def load_calibration(root, transform, dataset=None, calib_images=512, check_imag
     prepared by ``transform`` (PIL image, rng -> CHW float32)."""
     from data.splits import load_splits
 
-    if root is not None:
-        if not os.path.exists(root):
-            raise DataError("calibration data not found: %s" % root)
-        if not os.path.isdir(root):
-            raise DataError("calibration data must be a folder of images: %s" % root)
+    check_folder(root)
     kind = data_kind(root, dataset)
     if kind != "files":
         splits = load_splits(kind, root, image_size, seed=0)
@@ -109,8 +117,6 @@ def load_calibration(root, transform, dataset=None, calib_images=512, check_imag
             "%s: %d train images to calibrate, %d val images to check"
             % (root or "built-in digits", len(calib_idx), len(check_idx)))
     files = _image_files(root)
-    if not files:
-        raise DataError("calibration data %s holds no images" % root)
     order = np.random.default_rng(seed).permutation(len(files))
     n_calib = min(calib_images, max(1, len(files) // 2)) if len(files) > 1 else 1
     calib_idx, check_idx = np.sort(order[:n_calib]), np.sort(order[n_calib:][:check_images])

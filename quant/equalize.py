@@ -18,26 +18,24 @@ import dataclasses
 import numpy as np
 
 
-def _out_view(kernel):
-    """(out, rest) view of a conv kernel in MegEngine's layout."""
-    return kernel.reshape(-1, int(np.prod(kernel.shape[-3:])))
-
-
-def output_ranges(kernel):
-    return np.abs(_out_view(kernel)).max(axis=1)
-
-
-def input_ranges(weight, groups=1):
-    """Per input channel, max |w| of a conv kernel (MegEngine layout) or a Linear weight."""
-    if weight.ndim == 2:  # Linear (out, in)
-        return np.abs(weight).max(axis=0)
+def _channel_matrix(weight, groups=1):
+    """``|w|`` maximised over the kernel window: (out, in) for a conv kernel (MegEngine layout,
+    grouped kernels block-diagonal) or a Linear weight. Ranges only ever get multiplied by the
+    scales below, so the sweeps run on this small matrix and the kernels are scaled once."""
+    a = np.abs(weight.astype(np.float64))
+    if a.ndim == 2:
+        return a
     if groups == 1:
-        return np.abs(weight).max(axis=(0, 2, 3))
-    g, _, in_g = weight.shape[:3]
-    return np.abs(weight).max(axis=(1, 3, 4)).reshape(g * in_g)
+        return a.max(axis=(2, 3))
+    g, og, ig = a.shape[:3]
+    full = np.zeros((g * og, g * ig))
+    for i in range(g):
+        full[i * og:(i + 1) * og, i * ig:(i + 1) * ig] = a[i].max(axis=(2, 3))
+    return full
 
 
 def scale_inputs(weight, scale, groups=1):
+    """``weight`` with input channel c multiplied by ``scale[c]``."""
     if weight.ndim == 2:
         return weight * scale[None, :]
     if groups == 1:
@@ -50,28 +48,28 @@ def equalize(layers, linear, sweeps=500, tolerance=1e-4):
     """Equalized copies ``(layers, linear)`` of a conv-ReLU chain (``quant.network.Layer``) and
     its classifier ``(weight, bias)``; the network computes the same function. Sweeps stop when
     no scale moves by more than ``tolerance`` (relative), i.e. ranges agree to ~2x that."""
-    kernels = [layer.kernel.astype(np.float64) for layer in layers]
-    biases = [layer.bias.astype(np.float64) for layer in layers]
-    weight = linear[0].astype(np.float64)
+    mats = [_channel_matrix(l.kernel, l.groups) for l in layers] + [_channel_matrix(linear[0])]
+    totals = [np.ones(l.out_channels) for l in layers]  # output channel c of layer i divided by
     for _ in range(sweeps):
         largest = 0.0
         for i in range(len(layers)):
-            last = i + 1 == len(layers)
-            nxt = weight if last else kernels[i + 1]
-            groups = 1 if last else layers[i + 1].groups
-            r1, r2 = output_ranges(kernels[i]), input_ranges(nxt, groups)
+            r1, r2 = mats[i].max(axis=1), mats[i + 1].max(axis=0)
             s = np.ones_like(r1)
             ok = (r1 > 0) & (r2 > 0)
             s[ok] = np.sqrt(r1[ok] / r2[ok])
-            kernels[i] = kernels[i] / s.reshape(kernels[i].shape[:-3] + (1, 1, 1))
-            biases[i] = biases[i] / s
-            if last:
-                weight = scale_inputs(weight, s)
-            else:
-                kernels[i + 1] = scale_inputs(nxt, s, groups)
+            mats[i] /= s[:, None]
+            mats[i + 1] *= s[None, :]
+            totals[i] *= s
             largest = max(largest, float(np.abs(np.log(s)).max()))
         if largest < tolerance:
             break
-    out = [dataclasses.replace(layer, kernel=k.astype(np.float32), bias=b.astype(np.float32))
-           for layer, k, b in zip(layers, kernels, biases)]
+    out = []
+    for i, layer in enumerate(layers):
+        kernel = layer.kernel.astype(np.float64)
+        if i > 0:
+            kernel = scale_inputs(kernel, totals[i - 1], layer.groups)
+        kernel = kernel / totals[i].reshape(kernel.shape[:-3] + (1, 1, 1))
+        out.append(dataclasses.replace(layer, kernel=kernel.astype(np.float32),
+                                       bias=(layer.bias / totals[i]).astype(np.float32)))
+    weight = scale_inputs(linear[0].astype(np.float64), totals[-1])
     return out, (weight.astype(np.float32), linear[1].copy())

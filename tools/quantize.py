@@ -88,9 +88,10 @@ def parse_args(argv):
                    help="no progress bars")
     args = p.parse_args(argv)
     if os.path.splitext(args.output)[1].lower() not in FORMATS:
-        p.error("-o must end in .mge or .onnx (it picks the format), got %s" % args.output)
+        raise UserError("-o must end in .mge or .onnx (it picks the format), got %s"
+                        % args.output)
     if args.save_float and not args.qat:
-        p.error("--save-float keeps QAT-fine-tuned weights; it needs --qat")
+        raise UserError("--save-float keeps QAT-fine-tuned weights; it needs --qat")
     return args
 
 
@@ -171,6 +172,8 @@ def main(argv=None):
     from quant import equalize, metrics, network, ptq
     from quant.pipeline import load_float, logits
 
+    from quant.calibdata import check_folder
+    check_folder(args.calib)  # before the model is loaded: a wrong path fails at once
     source = load_float(args.load, args.arch)
     data, kind, spec = data_for(args, source)
     print(data.description)
