@@ -62,6 +62,9 @@ def parse_args(argv):
                    help="int8 model to write; the suffix picks the format")
     p.add_argument("--calib", metavar="DIR",
                    help="calibration (and with --qat, fine-tuning) data; default: built-in digits")
+    p.add_argument("--image-size", type=positive(int),
+                   help="input resolution (default: what the checkpoint records; 224 with "
+                        "ImageNet preprocessing for checkpoints that record nothing)")
     p.add_argument("--calib-images", type=positive(int), default=512,
                    help="images to calibrate on")
     p.add_argument("--check-images", type=positive(int), default=1000,
@@ -106,10 +109,10 @@ def data_for(args, source):
         raise UserError("%s was trained on %s; pass --calib DIR with images of that data "
                         "(the built-in digits would calibrate it on the wrong images)"
                         % (args.load, recorded))
-    spec, note = spec_of_checkpoint(source.checkpoint)
+    spec, note = spec_of_checkpoint(source.checkpoint, args.image_size)
     if note and args.calib is None:  # nothing recorded, digits by default: digits' own input
         from deploy.preprocess import spec_for_dataset
-        spec, note = spec_for_dataset("digits", 32), None
+        spec, note = spec_for_dataset("digits", args.image_size or 32), None
     if note:
         print("note: " + note, file=sys.stderr)
     kind = data_kind(args.calib, recorded)
