@@ -46,14 +46,10 @@ def dump_options(name):
                         % (name, ", ".join(DUMP_OPTIONS))) from None
 
 
-def dump_model(forward, example_input, file, options=BEST_DUMP_OPTIONS):
+def trace_model(forward, example_input):
     """Trace ``forward`` (a deploy-form model in eval mode, or any function of one image batch)
-    on ``example_input`` and write the graph to ``file`` (a path or a binary file object).
-
-    The batch size and resolution of ``example_input`` become the dumped input shape (Lite
-    accepts other batch sizes at run time). Returns the traced function's output on
-    ``example_input`` as numpy.
-    """
+    on ``example_input``: ``(traced graph, its output as numpy)``. ``write_graph`` dumps the
+    traced graph (as often as needed: the export dumps it again with its algorithm cache)."""
     import megengine as mge
     from megengine.jit import trace
 
@@ -62,8 +58,25 @@ def dump_model(forward, example_input, file, options=BEST_DUMP_OPTIONS):
         return forward(data)
 
     out = graph(mge.tensor(np.asarray(example_input, np.float32))).numpy()
+    return graph, out
+
+
+def write_graph(graph, file, options=BEST_DUMP_OPTIONS, user_info=None):
+    """Dump a traced graph to ``file`` (a path or a binary file object) with the named dump
+    options; ``user_info`` (a string) is stored in the file's metadata."""
     kwargs = dump_options(options) if isinstance(options, str) else dict(options)
     optimize = kwargs.pop("optimize_for_inference", True)
     graph.dump(file, arg_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-               optimize_for_inference=optimize, **kwargs)
+               optimize_for_inference=optimize, user_info=user_info, **kwargs)
+
+
+def dump_model(forward, example_input, file, options=BEST_DUMP_OPTIONS, user_info=None):
+    """Trace ``forward`` on ``example_input`` and write the graph to ``file``.
+
+    The batch size and resolution of ``example_input`` become the dumped input shape (Lite
+    accepts other batch sizes at run time). Returns the traced function's output on
+    ``example_input`` as numpy.
+    """
+    graph, out = trace_model(forward, example_input)
+    write_graph(graph, file, options, user_info)
     return out

@@ -39,15 +39,21 @@ class DumpedModel:
               dispatch overhead; the input shape must stay the same)
     global_layout  let Lite choose every operator's layout by profiling (its global layout
               transform) instead of the layout the file was dumped with
+    algo_cache  a fast-run algorithm cache file (``profile_algorithms``): fast-run then looks the
+              choices up instead of profiling (implies ``fastrun``). MegEngine keeps one cache
+              per process (``LiteGlobal.set_persistent_cache``): the last one set wins.
     """
 
     def __init__(self, path, threads=None, fastrun=False, weight_preprocess=False,
-                 record=False, global_layout=False):
-        from megenginelite import (LiteAlgoSelectStrategy, LiteConfig, LiteNetwork,
+                 record=False, global_layout=False, algo_cache=None):
+        from megenginelite import (LiteAlgoSelectStrategy, LiteConfig, LiteGlobal, LiteNetwork,
                                    LiteOptions)
 
         if not os.path.isfile(path):
             raise ModelFileError("model file not found: %s" % path)
+        if algo_cache is not None:
+            LiteGlobal.set_persistent_cache(os.fspath(algo_cache))
+            fastrun = True
         options = LiteOptions()
         options.weight_preprocess = bool(weight_preprocess)
         options.comp_node_seq_record_level = 1 if record else 0
@@ -91,3 +97,47 @@ class DumpedModel:
         self.network.forward()
         self.network.wait()
         return self._output.to_numpy().copy()
+
+
+def profile_algorithms(path, batch, threads=None, weight_preprocess=False):
+    """Run the ``.mge`` at ``path`` once on ``batch`` with fast-run profiling and return the
+    algorithm cache (bytes) that ``DumpedModel(algo_cache=...)`` then uses without profiling."""
+    import tempfile
+
+    from megenginelite import LiteGlobal
+
+    with tempfile.TemporaryDirectory(prefix="algo_cache.") as folder:
+        cache = os.path.join(folder, "cache.bin")
+        model = DumpedModel(path, threads=threads, fastrun=True,
+                            weight_preprocess=weight_preprocess)
+        model(batch)
+        LiteGlobal.dump_persistent_cache(cache)
+        with open(cache, "rb") as f:
+            return f.read()
+
+
+def read_user_info(path):
+    """The ``user_info`` string a ``.mge`` was dumped with (``trace.dump(user_info=...)``), or
+    None. MegEngine pickles it; it is unpickled with the allow-list unpickler (a model file is
+    untrusted), so only plain data loads."""
+    import io
+
+    from common.safe_pickle import safe_load
+    from megengine.core.tensor.megbrain_graph import load_graph
+
+    try:
+        with _quiet_lite_errors(), open(path, "rb") as f:
+            raw = load_graph(f).metadata
+    except (OSError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelFileError("%s is not a loadable MegEngine model (%s)" % (path, first)) \
+            from None
+    if raw is None or not raw.is_valid or not raw.user_info:
+        return None
+    try:
+        info = safe_load(io.BytesIO(raw.user_info))
+    except Exception as e:  # any unpickling failure: refused globals, truncated data
+        raise ModelFileError("%s carries metadata that is not plain data (%s)"
+                             % (path, str(e).splitlines()[0] if str(e) else type(e).__name__)) \
+            from None
+    return info if isinstance(info, str) else None
