@@ -6,7 +6,6 @@ uses ``BEST_DUMP_OPTIONS``. Never imports ``model``.
 """
 import numpy as np
 
-from common.device import cpu_count
 from errors import UserError
 
 INPUT_NAME = "data"
@@ -35,6 +34,8 @@ def trace_device(threads=None):
     ``trace.dump`` fails (it places the graph input on "xpux" and the captured weights on
     "cpux"); the dumped file does not record the thread count, Lite chooses it at load time.
     """
+    from common.device import cpu_count
+
     return "multithread%d:0" % (threads or cpu_count())
 
 

@@ -9,11 +9,8 @@ import os
 import numpy as np
 
 from common.device import cpu_count
-from errors import UserError
 
-
-class ModelFileError(UserError):
-    """A .mge file that cannot be loaded."""
+from .runtime import ModelFileError  # noqa: F401  (raised here; defined where both formats are)
 
 
 @contextlib.contextmanager

@@ -30,9 +30,9 @@ import numpy as np
 from errors import UserError
 
 from .dump import INPUT_NAME, OUTPUT_NAME
+from .runtime import METADATA_KEY  # noqa: F401  (metadata_props key holding the JSON metadata)
 
 OPSET = 17
-METADATA_KEY = "repvgg_megengine"  # metadata_props key holding the JSON metadata
 
 
 class OnnxExportError(UserError):

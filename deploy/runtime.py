@@ -14,17 +14,30 @@ import logging
 import os
 import tempfile
 
-from common.device import cpu_count
 from errors import UserError
 
-from . import lite
-from .lite import ModelFileError
 from .preprocess import PreprocessSpec, imagenet_spec
 
 log = logging.getLogger(__name__)
 
+
+
+class ModelFileError(UserError):
+    """A model file (.mge, .onnx) that cannot be loaded."""
+
+
+METADATA_KEY = "repvgg_megengine"  # the ONNX metadata_props key holding the JSON metadata
 METADATA_FORMAT = "repvgg-megengine-model/1"
 MAX_THREADS_PER_CPU = 4
+
+
+def cpu_count():
+    """CPUs this process may run on (``common.device.cpu_count`` without importing MegEngine:
+    an ONNX Runtime process holds no MegEngine thread pool)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def check_threads(threads):
@@ -95,8 +108,6 @@ class OnnxModel:
         self.input_shape = tuple(d if isinstance(d, int) else 1 for d in inputs[0].shape)
         last = outputs[0].shape[-1] if outputs[0].shape else None
         self.num_classes = last if isinstance(last, int) else None
-        from .onnx_export import METADATA_KEY
-
         props = self.session.get_modelmeta().custom_metadata_map
         self.metadata = decode_metadata(props.get(METADATA_KEY), path)
 
@@ -128,6 +139,8 @@ def _cache_file(data):
 
 def open_mge(path, threads=None, **lite_options):
     """A ``.mge``: its metadata read first, then loaded by Lite with its algorithm cache."""
+    from . import lite
+
     if not os.path.isfile(path):
         raise ModelFileError("model file not found: %s" % path)
     metadata = decode_metadata(lite.read_user_info(path), path)

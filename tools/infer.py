@@ -25,7 +25,6 @@ import numpy as np  # noqa: E402
 
 from common import cli  # noqa: E402
 from common import numeric  # noqa: E402
-from common.device import cpu_count  # noqa: E402
 from common.timing import interleaved_medians  # noqa: E402
 from deploy import preprocess, runtime  # noqa: E402
 from errors import UserError  # noqa: E402
@@ -69,7 +68,7 @@ def parse_args(argv):
     p.add_argument("--top", type=int, default=5, help="how many classes to print per image")
     p.add_argument("--batch", type=int, default=0,
                    help="images per forward pass (0: the batch size the model was exported with)")
-    p.add_argument("--threads", type=int, default=cpu_count(),
+    p.add_argument("--threads", type=int, default=runtime.cpu_count(),
                    help="CPU threads (at most %d x the CPU count)" % runtime.MAX_THREADS_PER_CPU)
     p.add_argument("--benchmark", action="store_true",
                    help="time the model on random input instead of classifying images")
@@ -103,8 +102,6 @@ def main(argv=None):
         print("%.2f img/s" % benchmark(model, batch, args.warmup, args.runs))
         return 0
     spec, note = runtime.spec_of(model)
-    if note:
-        print("note: " + note, file=sys.stderr)
     if spec.size != model.input_shape[-1] or model.input_shape[-2] != model.input_shape[-1]:
         raise UserError("%s takes %dx%d input but its recorded preprocessing gives %dx%d images"
                         % (args.model, model.input_shape[-2], model.input_shape[-1], spec.size,
@@ -113,6 +110,8 @@ def main(argv=None):
         labels = read_labels(args.labels, model.num_classes)
     else:
         labels = model.metadata.get("classes")
+    if note:
+        print("note: " + note, file=sys.stderr)
     for path, top in classify(model, spec, args.images, batch, args.top):
         print(path)
         for rank, (index, prob) in enumerate(top, 1):
