@@ -78,10 +78,10 @@ def main(argv=None):
     check_threads(args.threads)
     fmt = ex.format_of(args.output, args.format)
     use_device(dump.trace_device(args.threads))
+    source = ex.build_model(args.load, args.arch, args.num_classes, args.size)
     if not args.load:
         print("warning: exporting randomly initialised weights (for benchmarks and tests "
               "only, not for predictions)", file=sys.stderr)
-    source = ex.build_model(args.load, args.arch, args.num_classes, args.size)
     if source.spec_note:
         print("note: " + source.spec_note, file=sys.stderr)
     x = ex.check_batch(source.spec, args.batch, args.check_image, args.seed)

@@ -110,9 +110,10 @@ def main(argv=None):
         labels = read_labels(args.labels, model.num_classes)
     else:
         labels = model.metadata.get("classes")
-    if note:
-        print("note: " + note, file=sys.stderr)
     for path, top in classify(model, spec, args.images, batch, args.top):
+        if note:  # after the first batch was read: an error stays the only line on stderr
+            print("note: " + note, file=sys.stderr)
+            note = None
         print(path)
         for rank, (index, prob) in enumerate(top, 1):
             name = labels[index] if labels else "class %d" % index
