@@ -45,10 +45,12 @@ class Source:
 
 def build_model(load=None, arch=None, num_classes=1000, size=None):
     """A ``Source`` from the checkpoint file ``load`` (train or deploy form; ``arch`` overrides
-    the recorded architecture) or, with ``load=None``, a randomly initialised ``arch``."""
+    the recorded architecture) or, with ``load=None``, a randomly initialised ``arch`` (a
+    registered name or an ``arch.json``)."""
     from common.checkpoint import load_checkpoint
-    from model import convert_to_deploy, get_model, is_deploy
-    from model.checkpoint import arch_label, model_from_checkpoint
+    from model import convert_to_deploy, is_deploy
+    from model.checkpoint import arch_label, build_model as build_arch, model_from_checkpoint
+    from model.checkpoint import resolve_arch
 
     if load:
         checkpoint = load_checkpoint(load)
@@ -61,7 +63,7 @@ def build_model(load=None, arch=None, num_classes=1000, size=None):
     else:
         if not arch:
             raise UserError("--random-init needs --arch")
-        model, label = get_model(arch, num_classes=num_classes), arch
+        model, label = build_arch(arch, num_classes), arch_label(resolve_arch(arch))
         spec, note, classes = preprocess.imagenet_spec(size or 224), None, None
     model.eval()
     train = None if is_deploy(model) else model

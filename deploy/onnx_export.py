@@ -157,9 +157,8 @@ def _emit_relu(g, m, x):
 
 
 def _emit_sequential(g, m, x):
-    for _, child in sorted(((int(k), v) for k, v in m.__dict__.items() if k.isdigit()),
-                           key=lambda kv: kv[0]):
-        x = _emit(g, child, x)
+    for key in m.layer_keys:
+        x = _emit(g, getattr(m, key), x)
     return x
 
 
@@ -210,7 +209,7 @@ def _emit(g, module, x):
         emitter = EMITTERS.get(cls.__name__)
         if emitter is not None:
             return emitter(g, module, x)
-    raise OnnxExportError("cannot export a %s module to ONNX (supported: %s)"
+    raise OnnxExportError("cannot export a module of type %s to ONNX (supported: %s)"
                           % (type(module).__name__, ", ".join(sorted(EMITTERS))))
 
 
