@@ -1,8 +1,8 @@
 """Tracing a deploy-form model and dumping it as a MegEngine graph (``.mge``).
 
 The graph optimizations a dumped model is written with are named option sets for
-``megengine.jit.trace.dump``, each measured on its own by ``tools/bench_deploy.py``; the exporter
-uses ``BEST_DUMP_OPTIONS``. Never imports ``model``.
+``megengine.jit.trace.dump``; the exporter uses ``BEST_DUMP_OPTIONS`` (``tools/bench_deploy.py``
+times it against the plain NCHW dump, ``--paths mge mge-nchw``). Never imports ``model``.
 """
 import numpy as np
 
