@@ -130,13 +130,13 @@ def format_of(output, requested=None):
 def write_mge(source, x, path, options=dump.BEST_DUMP_OPTIONS, threads=None, algo_cache=True):
     """Trace and dump ``source.deploy`` to ``path`` with its metadata; with ``algo_cache``, profile
     the dumped graph with fast-run on ``x`` and dump it again carrying the algorithm choices."""
-    from . import lite
+    from .algo_profile import profile_algorithms
 
     graph, _ = dump.trace_model(source.deploy, x)
     metadata = source.metadata(x.shape)
     dump.write_graph(graph, path, options, runtime.encode_metadata(metadata))
     if algo_cache:
-        cache = lite.profile_algorithms(path, x, threads)
+        cache = profile_algorithms(path, x, threads)
         metadata.update(algo_cache=base64.b64encode(cache).decode("ascii"),
                         algo_cache_threads=threads)
         dump.write_graph(graph, path, options, runtime.encode_metadata(metadata))

@@ -36,7 +36,7 @@ class DumpedModel:
               dispatch overhead; the input shape must stay the same)
     global_layout  let Lite choose every operator's layout by profiling (its global layout
               transform) instead of the layout the file was dumped with
-    algo_cache  a fast-run algorithm cache file (``profile_algorithms``): fast-run then looks the
+    algo_cache  a fast-run algorithm cache file (``deploy.algo_profile``): fast-run then looks the
               choices up instead of profiling (implies ``fastrun``). MegEngine keeps one cache
               per process (``LiteGlobal.set_persistent_cache``): the last one set wins.
     """
@@ -94,23 +94,6 @@ class DumpedModel:
         self.network.forward()
         self.network.wait()
         return self._output.to_numpy().copy()
-
-
-def profile_algorithms(path, batch, threads=None, weight_preprocess=False):
-    """Run the ``.mge`` at ``path`` once on ``batch`` with fast-run profiling and return the
-    algorithm cache (bytes) that ``DumpedModel(algo_cache=...)`` then uses without profiling."""
-    import tempfile
-
-    from megenginelite import LiteGlobal
-
-    with tempfile.TemporaryDirectory(prefix="algo_cache.") as folder:
-        cache = os.path.join(folder, "cache.bin")
-        model = DumpedModel(path, threads=threads, fastrun=True,
-                            weight_preprocess=weight_preprocess)
-        model(batch)
-        LiteGlobal.dump_persistent_cache(cache)
-        with open(cache, "rb") as f:
-            return f.read()
 
 
 def read_user_info(path):

@@ -229,3 +229,29 @@ def test_cli_errors_are_one_line(exported, tmp_path):
     assert not (tmp_path / "o.mge").exists()
     assert sorted(os.listdir(tmp_path)) == ["a.png", "bad.mge", "bad.onnx", "broken.png",
                                             "labels.txt"]
+
+
+def test_the_shipped_algorithm_cache_is_what_infer_needs(exported, tmp_path):
+    # The .mge carries the fast-run choices profiled at export. Replayed as tools/infer.py opens
+    # the model, fast-run finds every algorithm in it: the process's cache afterwards holds the
+    # same entries (a miss would profile and add entries, as a cache profiled inside the
+    # exporter's own process did).
+    import base64
+    import json
+    import subprocess
+    import sys
+
+    info = json.loads(lite.read_user_info(str(exported["mge"])))
+    assert info["format"] == runtime.METADATA_FORMAT
+    assert info["input_shape"] == [BATCH, 3, SIZE, SIZE]
+    shipped = base64.b64decode(info["algo_cache"])
+    assert len(shipped) > 100  # not the 4-byte empty cache
+    (tmp_path / "shipped.cache").write_bytes(shipped)
+    x = sample_inputs(np.random.default_rng(1), (BATCH, 3, SIZE, SIZE))
+    np.save(tmp_path / "x.npy", x)
+    proc = subprocess.run([sys.executable, "-m", "deploy.algo_profile", "replay",
+                           str(exported["mge"]), str(tmp_path / "x.npy"), "2",
+                           str(tmp_path / "shipped.cache"), str(tmp_path / "after.cache")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "after.cache").stat().st_size == len(shipped)
