@@ -6,15 +6,16 @@ any worker process, with any number of workers, and again after a resume. (MegEn
 ``megengine.data.transform`` draws from the global numpy RNG in whichever worker runs it, which
 is not reproducible across worker counts; these are small PIL-based equivalents.)
 
-Images are PIL images until ``ToCHW`` turns them into normalised float32 CHW arrays.
+Images are PIL images until ``ToCHW`` turns them into normalised float32 CHW arrays. The
+evaluation transforms are ``deploy.preprocess`` specs (the one preprocessing, shared with the
+exported models); the resize, crop and normalisation arithmetic below is that module's too.
 """
 import math
 
-import numpy as np
 from PIL import Image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from deploy import preprocess as P
+from deploy.preprocess import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported)
 
 
 class Compose:
@@ -90,10 +91,8 @@ class Resize:
         self.size = size
 
     def __call__(self, image, rng=None):
-        w, h = image.size
-        scale = self.size / min(w, h)
-        new = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
-        return image if new == (w, h) else image.resize(new, Image.BILINEAR)
+        new = P.resized_shape(image.width, image.height, self.size)
+        return image if new == image.size else image.resize(new, Image.BILINEAR)
 
 
 class CenterCrop:
@@ -101,23 +100,29 @@ class CenterCrop:
         self.size = size
 
     def __call__(self, image, rng=None):
-        w, h = image.size
-        if (w, h) == (self.size, self.size):
+        if image.size == (self.size, self.size):
             return image
-        x, y = int(round((w - self.size) / 2)), int(round((h - self.size) / 2))
-        return image.crop((x, y, x + self.size, y + self.size))
+        return image.crop(P.center_crop_box(image.width, image.height, self.size))
 
 
 class ToCHW:
     """PIL RGB image -> float32 (3, H, W), scaled to [0, 1] then normalised per channel."""
 
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-        self.mean = np.asarray(mean, np.float32).reshape(3, 1, 1)
-        self.std = np.asarray(std, np.float32).reshape(3, 1, 1)
+        self.mean, self.std = mean, std
 
     def __call__(self, image, rng=None):
-        x = np.asarray(image.convert("RGB"), np.float32).transpose(2, 0, 1) / 255.0
-        return (x - self.mean) / self.std
+        return P.normalize(image.convert("RGB"), self.mean, self.std)
+
+
+class Preprocess:
+    """The evaluation transform: ``deploy.preprocess.prepare`` with a ``PreprocessSpec``."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def __call__(self, image, rng=None):
+        return P.prepare(image, self.spec)
 
 
 def imagenet_train(size):
@@ -127,7 +132,7 @@ def imagenet_train(size):
 
 def imagenet_eval(size):
     """Resize the shorter side to size/0.875 (256 for 224), centre crop ``size``, normalise."""
-    return Compose([Resize(int(round(size / 0.875))), CenterCrop(size), ToCHW()])
+    return Preprocess(P.imagenet_spec(size))
 
 
 def small_train(size, flip=True, pad=None):
@@ -141,4 +146,5 @@ def small_train(size, flip=True, pad=None):
 
 
 def small_eval(size):
-    return Compose([Resize(size), CenterCrop(size), ToCHW((0.5,) * 3, (0.5,) * 3)])
+    """Resize the shorter side to ``size``, centre crop, normalise to [-1, 1]."""
+    return Preprocess(P.small_spec(size))

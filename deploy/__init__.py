@@ -1,2 +1,3 @@
-"""Deployment: dumping a deploy-form model as a MegEngine graph, running it with Lite, and
-preparing its input. Nothing here imports ``model``."""
+"""Deployment: exporting a deploy-form model (``export``: ``.mge`` via ``dump``, ``.onnx`` via
+``onnx_export``), running exported files (``runtime``, ``lite``) and preparing their input
+(``preprocess``). Only ``export`` imports ``model`` (lazily); the inference side never does."""

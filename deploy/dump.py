@@ -1,12 +1,11 @@
 """Tracing a deploy-form model and dumping it as a MegEngine graph (``.mge``).
 
 The graph optimizations a dumped model is written with are named option sets for
-``megengine.jit.trace.dump``, each measured on its own by ``tools/bench_deploy.py``; the exporter
-uses ``BEST_DUMP_OPTIONS``. Never imports ``model``.
+``megengine.jit.trace.dump``; the exporter uses ``BEST_DUMP_OPTIONS`` (``tools/bench_deploy.py``
+times it against the plain NCHW dump, ``--paths mge mge-nchw``). Never imports ``model``.
 """
 import numpy as np
 
-from common.device import cpu_count
 from errors import UserError
 
 INPUT_NAME = "data"
@@ -35,6 +34,8 @@ def trace_device(threads=None):
     ``trace.dump`` fails (it places the graph input on "xpux" and the captured weights on
     "cpux"); the dumped file does not record the thread count, Lite chooses it at load time.
     """
+    from common.device import cpu_count
+
     return "multithread%d:0" % (threads or cpu_count())
 
 
@@ -46,14 +47,10 @@ def dump_options(name):
                         % (name, ", ".join(DUMP_OPTIONS))) from None
 
 
-def dump_model(forward, example_input, file, options=BEST_DUMP_OPTIONS):
+def trace_model(forward, example_input):
     """Trace ``forward`` (a deploy-form model in eval mode, or any function of one image batch)
-    on ``example_input`` and write the graph to ``file`` (a path or a binary file object).
-
-    The batch size and resolution of ``example_input`` become the dumped input shape (Lite
-    accepts other batch sizes at run time). Returns the traced function's output on
-    ``example_input`` as numpy.
-    """
+    on ``example_input``: ``(traced graph, its output as numpy)``. ``write_graph`` dumps the
+    traced graph (as often as needed: the export dumps it again with its algorithm cache)."""
     import megengine as mge
     from megengine.jit import trace
 
@@ -62,8 +59,25 @@ def dump_model(forward, example_input, file, options=BEST_DUMP_OPTIONS):
         return forward(data)
 
     out = graph(mge.tensor(np.asarray(example_input, np.float32))).numpy()
+    return graph, out
+
+
+def write_graph(graph, file, options=BEST_DUMP_OPTIONS, user_info=None):
+    """Dump a traced graph to ``file`` (a path or a binary file object) with the named dump
+    options; ``user_info`` (a string) is stored in the file's metadata."""
     kwargs = dump_options(options) if isinstance(options, str) else dict(options)
     optimize = kwargs.pop("optimize_for_inference", True)
     graph.dump(file, arg_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-               optimize_for_inference=optimize, **kwargs)
+               optimize_for_inference=optimize, user_info=user_info, **kwargs)
+
+
+def dump_model(forward, example_input, file, options=BEST_DUMP_OPTIONS, user_info=None):
+    """Trace ``forward`` on ``example_input`` and write the graph to ``file``.
+
+    The batch size and resolution of ``example_input`` become the dumped input shape (Lite
+    accepts other batch sizes at run time). Returns the traced function's output on
+    ``example_input`` as numpy.
+    """
+    graph, out = trace_model(forward, example_input)
+    write_graph(graph, file, options, user_info)
     return out

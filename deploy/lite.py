@@ -9,11 +9,8 @@ import os
 import numpy as np
 
 from common.device import cpu_count
-from errors import UserError
 
-
-class ModelFileError(UserError):
-    """A .mge file that cannot be loaded."""
+from .runtime import ModelFileError  # noqa: F401  (raised here; defined where both formats are)
 
 
 @contextlib.contextmanager
@@ -39,15 +36,21 @@ class DumpedModel:
               dispatch overhead; the input shape must stay the same)
     global_layout  let Lite choose every operator's layout by profiling (its global layout
               transform) instead of the layout the file was dumped with
+    algo_cache  a fast-run algorithm cache file (``deploy.algo_profile``): fast-run then looks the
+              choices up instead of profiling (implies ``fastrun``). MegEngine keeps one cache
+              per process (``LiteGlobal.set_persistent_cache``): the last one set wins.
     """
 
     def __init__(self, path, threads=None, fastrun=False, weight_preprocess=False,
-                 record=False, global_layout=False):
-        from megenginelite import (LiteAlgoSelectStrategy, LiteConfig, LiteNetwork,
+                 record=False, global_layout=False, algo_cache=None):
+        from megenginelite import (LiteAlgoSelectStrategy, LiteConfig, LiteGlobal, LiteNetwork,
                                    LiteOptions)
 
         if not os.path.isfile(path):
             raise ModelFileError("model file not found: %s" % path)
+        if algo_cache is not None:
+            LiteGlobal.set_persistent_cache(os.fspath(algo_cache))
+            fastrun = True
         options = LiteOptions()
         options.weight_preprocess = bool(weight_preprocess)
         options.comp_node_seq_record_level = 1 if record else 0
@@ -91,3 +94,30 @@ class DumpedModel:
         self.network.forward()
         self.network.wait()
         return self._output.to_numpy().copy()
+
+
+def read_user_info(path):
+    """The ``user_info`` string a ``.mge`` was dumped with (``trace.dump(user_info=...)``), or
+    None. MegEngine pickles it; it is unpickled with the allow-list unpickler (a model file is
+    untrusted), so only plain data loads."""
+    import io
+
+    from common.safe_pickle import safe_load
+    from megengine.core.tensor.megbrain_graph import load_graph
+
+    try:
+        with _quiet_lite_errors(), open(path, "rb") as f:
+            raw = load_graph(f).metadata
+    except (OSError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelFileError("%s is not a loadable MegEngine model (%s)" % (path, first)) \
+            from None
+    if raw is None or not raw.is_valid or not raw.user_info:
+        return None
+    try:
+        info = safe_load(io.BytesIO(raw.user_info))
+    except Exception as e:  # any unpickling failure: refused globals, truncated data
+        raise ModelFileError("%s carries metadata that is not plain data (%s)"
+                             % (path, str(e).splitlines()[0] if str(e) else type(e).__name__)) \
+            from None
+    return info if isinstance(info, str) else None

@@ -1,33 +1,174 @@
-"""Preparing an image for a deployed model: the ImageNet evaluation preprocessing."""
+"""The one evaluation preprocessing: a ``PreprocessSpec`` (data) and the function that applies it.
+
+Training-time evaluation (``data/transforms.py``), ``tools/predict.py`` (through it),
+``tools/export.py`` and ``tools/infer.py`` all prepare an image with ``prepare(image, spec)``:
+
+1. convert to RGB;
+2. resize (bilinear) so the shorter side is ``spec.resize``, the longer side
+   ``int(round(long * resize / short))``;
+3. centre crop ``spec.size`` x ``spec.size``; the offset is ``round((w - size) / 2)`` with
+   Python's ``round`` (half to even), torchvision's ``CenterCrop`` rule;
+4. divide by ``spec.value_scale`` (255: values in 0..1), subtract ``mean``, divide by ``std``
+   (per channel), in float32; channels first.
+
+The spec is recorded in checkpoints (``preprocess``) and in exported models' metadata, so a
+deployed model is fed exactly what it was evaluated on. Never imports ``model``.
+"""
+import dataclasses
+
 import numpy as np
 
 from errors import UserError
 
-# ImageNet statistics on the 0..255 scale (torchvision's 0..1 values times 255).
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
-RESIZE_RATIO = 256 / 224  # resize 256 -> centre crop 224, at any input size
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SMALL_MEAN = SMALL_STD = (0.5, 0.5, 0.5)  # digits / CIFAR: [0, 1] -> [-1, 1]
+IMAGENET_RESIZE_RATIO = 0.875  # 224 / 256: resize the shorter side to size / 0.875, crop size
+
+# The one resize policy and crop rule this module implements; a recorded spec naming another is
+# refused rather than silently applied differently.
+RESIZE_POLICY = "shorter-side-bilinear"
+CROP_RULE = "center-round-half-even"
 
 
-def preprocess_image(image, size=224):
-    """A PIL image or a path -> float32 ``(3, size, size)``: RGB, shorter side resized to
-    ``round(size * 256 / 224)`` (bilinear), centre crop, ImageNet mean/std."""
+class PreprocessSpecError(UserError):
+    """A recorded preprocessing spec that this version cannot apply."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessSpec:
+    size: int                     # the model's input is size x size
+    resize: int                   # shorter side resized to this before the centre crop
+    mean: tuple = IMAGENET_MEAN   # per channel, after dividing by value_scale
+    std: tuple = IMAGENET_STD
+    value_scale: float = 255.0
+    channel_order: str = "RGB"
+    name: str = "imagenet"        # where the numbers come from (for messages)
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        d.update(resize_policy=RESIZE_POLICY, crop=CROP_RULE, layout="NCHW")
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        if not isinstance(d, dict):
+            raise PreprocessSpecError("the recorded preprocessing is not a dict: %r" % (d,))
+        expected = {"resize_policy": RESIZE_POLICY, "crop": CROP_RULE, "layout": "NCHW",
+                    "channel_order": "RGB"}
+        for key, value in expected.items():
+            if d.get(key, value) != value:
+                raise PreprocessSpecError("the recorded preprocessing has %s %r; this version "
+                                          "applies only %r" % (key, d[key], value))
+        try:
+            spec = cls(size=int(d["size"]), resize=int(d["resize"]),
+                       mean=tuple(float(v) for v in d["mean"]),
+                       std=tuple(float(v) for v in d["std"]),
+                       value_scale=float(d.get("value_scale", 255.0)),
+                       name=str(d.get("name", "")))
+        except (KeyError, TypeError, ValueError) as e:
+            raise PreprocessSpecError("the recorded preprocessing is incomplete or malformed "
+                                      "(%s: %s)" % (type(e).__name__, e)) from None
+        if (len(spec.mean) != 3 or len(spec.std) != 3 or min(spec.std) <= 0
+                or spec.size < 1 or spec.resize < spec.size or spec.value_scale <= 0):
+            raise PreprocessSpecError("the recorded preprocessing is not valid: %r" % (d,))
+        return spec
+
+
+def imagenet_spec(size):
+    """ImageNet evaluation: shorter side to round(size / 0.875) (256 for 224), centre crop."""
+    return PreprocessSpec(size, int(round(size / IMAGENET_RESIZE_RATIO)))
+
+
+def small_spec(size):
+    """Digits / CIFAR: shorter side to ``size``, centre crop, normalise to [-1, 1]."""
+    return PreprocessSpec(size, size, SMALL_MEAN, SMALL_STD, name="small")
+
+
+def spec_for_dataset(dataset, size):
+    """The evaluation spec of a data set this project trains on."""
+    return imagenet_spec(size) if dataset == "imagenet" else small_spec(size)
+
+
+def spec_of_checkpoint(checkpoint, size=None):
+    """``(spec, note)`` for a loaded checkpoint: its recorded ``preprocess``, else one derived
+    from its recorded ``dataset`` / ``image_size``, else ImageNet's (``note`` says so; PyTorch
+    imports and old files record nothing). ``size`` (if given) overrides the input size."""
+    recorded = checkpoint if isinstance(checkpoint, dict) else {}
+    note = None
+    if recorded.get("preprocess") is not None:
+        spec = PreprocessSpec.from_dict(recorded["preprocess"])
+    elif recorded.get("dataset"):
+        spec = spec_for_dataset(recorded["dataset"], int(recorded.get("image_size") or
+                                                         (224 if recorded["dataset"] ==
+                                                          "imagenet" else 32)))
+    else:
+        spec = imagenet_spec(size or 224)
+        note = ("the checkpoint records no preprocessing; using ImageNet's (resize %d, crop "
+                "%d, ImageNet mean/std)" % (spec.resize, spec.size))
+    if size and size != spec.size:
+        spec = resized_spec(spec, size)
+    return spec, note
+
+
+def resized_spec(spec, size):
+    """The same preprocessing at another input size (the resize keeps its ratio to the crop)."""
+    return dataclasses.replace(spec, size=size,
+                               resize=max(size, int(round(spec.resize * size / spec.size))))
+
+
+# -- the geometry and arithmetic, shared with the training-time transforms -----------------------
+def resized_shape(width, height, short):
+    """(w, h) after resizing the shorter side to ``short``, keeping the aspect ratio."""
+    scale = short / min(width, height)
+    return max(1, int(round(width * scale))), max(1, int(round(height * scale)))
+
+
+def center_crop_box(width, height, size):
+    """(left, top, right, bottom) of the centre ``size`` x ``size`` crop: offsets rounded with
+    Python's ``round`` (half to even), as torchvision's ``CenterCrop``."""
+    left, top = int(round((width - size) / 2)), int(round((height - size) / 2))
+    return left, top, left + size, top + size
+
+
+def normalize(pixels, mean, std, value_scale=255.0):
+    """HWC RGB pixels -> float32 CHW: ``(pixels / value_scale - mean) / std``."""
+    x = np.asarray(pixels, np.float32).transpose(2, 0, 1) / np.float32(value_scale)
+    return (x - np.asarray(mean, np.float32).reshape(3, 1, 1)) \
+        / np.asarray(std, np.float32).reshape(3, 1, 1)
+
+
+def prepare(image, spec):
+    """A PIL image -> float32 ``(3, spec.size, spec.size)`` (the module docstring's steps)."""
+    from PIL import Image
+
+    image = image.convert("RGB")
+    new = resized_shape(image.width, image.height, spec.resize)
+    if new != image.size:
+        image = image.resize(new, Image.BILINEAR)
+    if image.size != (spec.size, spec.size):
+        image = image.crop(center_crop_box(image.width, image.height, spec.size))
+    return normalize(image, spec.mean, spec.std, spec.value_scale)
+
+
+def load_image(path):
+    """Open an image file as RGB; ``UserError`` (one line) when it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as opened:
+            return opened.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise UserError("cannot read image %s (%s)" % (path, str(e).splitlines()[0]
+                                                       if str(e) else type(e).__name__)) \
+            from None
+
+
+def preprocess_image(image, spec):
+    """A PIL image or a path -> ``prepare(image, spec)``."""
     from PIL import Image
 
     if not isinstance(image, Image.Image):
-        try:
-            with Image.open(image) as opened:
-                image = opened.convert("RGB")
-        except (OSError, ValueError) as e:
-            raise UserError("cannot read image %s (%s)" % (image, e)) from None
-    image = image.convert("RGB")
-    short = round(size * RESIZE_RATIO)
-    w, h = image.size
-    scale = short / min(w, h)
-    image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))),
-                         Image.BILINEAR)
-    w, h = image.size
-    left, top = (w - size) // 2, (h - size) // 2
-    image = image.crop((left, top, left + size, top + size))
-    x = (np.asarray(image, np.float32) - IMAGENET_MEAN) / IMAGENET_STD
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+        image = load_image(image)
+    return prepare(image, spec)

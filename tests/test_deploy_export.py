@@ -1,6 +1,5 @@
 """tools/export.py and tools/infer.py: a dumped .mge computes what the eager model computes, a
 failed check leaves nothing behind, and inference runs without the model code."""
-import importlib.util
 import os
 import re
 import shutil
@@ -13,21 +12,14 @@ from PIL import Image
 import megengine as mge
 
 import model
-from deploy import lite, dump, preprocess
+from deploy import dump, lite, preprocess, runtime
+from deploy import export as ex
 from common.checkpoint import save_checkpoint
 from model.checkpoint import checkpoint_dict, numpy_state_dict
 from model.parity import DEFAULT_TOLERANCE, randomize_batchnorm, sample_inputs
 from helpers import ROOT, one_line_error, run_tool
 
 SIZE, BATCH, CLASSES = 64, 2, 10
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location("tool_" + name,
-                                                  os.path.join(ROOT, "tools", name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +35,7 @@ def exported(tmp_path_factory):
     proc = run_tool("tools/export.py", "--load", ckpt, "--output", out, "--size", SIZE,
                     "--batch", BATCH, "--threads", 2)
     assert proc.returncode == 0, proc.stderr
-    assert "dumped vs eager train" in proc.stdout
+    assert "dumped graph vs eager train" in proc.stdout
     return {"folder": folder, "ckpt": ckpt, "mge": out, "train": net}
 
 
@@ -94,7 +86,7 @@ def test_every_dump_option_set_exports_and_checks(exported):
 
 
 def test_failed_check_leaves_no_file(exported, tmp_path):
-    export = load_tool("export")
+    export = ex
     x = sample_inputs(np.random.default_rng(3), (BATCH, 3, SIZE, SIZE))
     other = model.get_model("RepVGG-A0", num_classes=CLASSES)  # different random weights
     other.eval()
@@ -128,7 +120,7 @@ def test_preprocess_resizes_crops_and_normalizes():
     a = np.zeros((60, 90, 3), np.uint8)
     a[:, :30] = (255, 0, 0)
     a[:, 30:] = (0, 0, 255)
-    x = preprocess.preprocess_image(Image.fromarray(a), 32)
+    x = preprocess.preprocess_image(Image.fromarray(a), preprocess.imagenet_spec(32))
     assert x.shape == (3, 32, 32) and x.dtype == np.float32
     blue = (np.array([0, 0, 255], np.float32) - [123.675, 116.28, 103.53]) / [58.395, 57.12,
                                                                              57.375]
@@ -174,7 +166,7 @@ def test_infer_top5_without_model_code(exported, tmp_path):
     # Expected: the eager train model on the same preprocessed images, softmax in NumPy.
     train = exported["train"]
     train.eval()
-    x = np.stack([preprocess.preprocess_image(p, SIZE) for p in images])
+    x = np.stack([preprocess.preprocess_image(p, preprocess.imagenet_spec(SIZE)) for p in images])
     logits = train(mge.tensor(x)).numpy().astype(np.float64)
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
@@ -205,6 +197,8 @@ def test_infer_without_labels_prints_indices(exported, tmp_path):
 def test_cli_errors_are_one_line(exported, tmp_path):
     write_image(tmp_path / "a.png", 1)
     (tmp_path / "bad.mge").write_bytes(b"not a model")
+    (tmp_path / "bad.onnx").write_bytes(b"not a model either")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     (tmp_path / "labels.txt").write_text("a\nb\n")
     cases = [
         (("tools/export.py", "--load", tmp_path / "missing.pkl", "--output", tmp_path / "o.mge"),
@@ -216,10 +210,48 @@ def test_cli_errors_are_one_line(exported, tmp_path):
         (("tools/infer.py", exported["mge"], tmp_path / "nope.png"), "image not found"),
         (("tools/infer.py", exported["mge"], tmp_path / "a.png", "--labels",
           tmp_path / "labels.txt"), "2 labels but the model has 10 classes"),
+        (("tools/infer.py", tmp_path / "bad.onnx", tmp_path / "a.png"), "not a loadable ONNX"),
+        (("tools/infer.py", tmp_path / "a.png", tmp_path / "a.png"), "unknown model format"),
+        (("tools/infer.py", exported["mge"], tmp_path / "broken.png"), "cannot read image"),
+        (("tools/infer.py", exported["mge"], tmp_path / "a.png", "--threads", 0),
+         "--threads must be at least 1"),
+        (("tools/infer.py", exported["mge"], "--benchmark", "--threads", 999),
+         "--threads 999 is more than"),
+        (("tools/export.py", "--load", exported["ckpt"], "--output", tmp_path / "o.mge",
+          "--format", "onnx"), "--format onnx but the output is named"),
+        (("tools/export.py", "--load", exported["ckpt"], "--output", tmp_path / "o.txt"),
+         "cannot tell the format"),
     ]
     for args, message in cases:
         proc = run_tool(*args)
         assert proc.returncode == 2, (args, proc.stderr)
         assert message in one_line_error(proc), args
     assert not (tmp_path / "o.mge").exists()
-    assert sorted(os.listdir(tmp_path)) == ["a.png", "bad.mge", "labels.txt"]
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "bad.mge", "bad.onnx", "broken.png",
+                                            "labels.txt"]
+
+
+def test_the_shipped_algorithm_cache_is_what_infer_needs(exported, tmp_path):
+    # The .mge carries the fast-run choices profiled at export. Replayed as tools/infer.py opens
+    # the model, fast-run finds every algorithm in it: the process's cache afterwards holds the
+    # same entries (a miss would profile and add entries, as a cache profiled inside the
+    # exporter's own process did).
+    import base64
+    import json
+    import subprocess
+    import sys
+
+    info = json.loads(lite.read_user_info(str(exported["mge"])))
+    assert info["format"] == runtime.METADATA_FORMAT
+    assert info["input_shape"] == [BATCH, 3, SIZE, SIZE]
+    shipped = base64.b64decode(info["algo_cache"])
+    assert len(shipped) > 100  # not the 4-byte empty cache
+    (tmp_path / "shipped.cache").write_bytes(shipped)
+    x = sample_inputs(np.random.default_rng(1), (BATCH, 3, SIZE, SIZE))
+    np.save(tmp_path / "x.npy", x)
+    proc = subprocess.run([sys.executable, "-m", "deploy.algo_profile", "replay",
+                           str(exported["mge"]), str(tmp_path / "x.npy"), "2",
+                           str(tmp_path / "shipped.cache"), str(tmp_path / "after.cache")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "after.cache").stat().st_size == len(shipped)

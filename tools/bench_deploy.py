@@ -1,31 +1,34 @@
-"""Inference speed of every deployment path, MegEngine and PyTorch, side by side in one run.
+"""Inference speed of the toolkit's deploy paths against the peers, each path alone in a fresh
+process, on the same weights.
 
-    python tools/bench_deploy.py                          # A0, A1, B0 at 224, batch 1 and 16
-    python tools/bench_deploy.py --arch RepVGG-A0 --batch 1 --runs 5      # a quick look
+    python tools/bench_deploy.py --arch RepVGG-A0 RepVGG-B0 --batch 1 16 --rounds 3
+    python tools/bench_deploy.py --quick            # seconds: A0 at 32x32, a few paths
 
-Paths, all on the same weights (a RepVGG with random weights and non-trivial BN statistics):
-- MegEngine eager, train form and deploy form (multi-threaded CPU device);
-- MegEngine dumped graph (tools/export.py's trace + dump, run by MegEngine Lite), once per
-  option set of common/dump.DUMP_OPTIONS, so each row shows what one option changes, and
-  the best set with Lite runtime settings on top (fast-run algorithm profiling, weight
-  preprocessing, kernel-sequence record/replay, Lite's global layout transform; --lite);
-- PyTorch (.torchvenv, the reference model of tests/torch_ref with the same weights) in deploy
-  form: eager, eager with channels_last, TorchScript (trace + freeze), torch.compile.
-Every path's logits are compared with MegEngine's eager deploy form first (max relative
-difference column): the rows time the same network.
+Weights: the reference PyTorch model (tests/torch_ref/repvgg_ref.py, official parameter names) in
+train form with random weights and BatchNorm statistics, saved once as a .pth. The PyTorch paths
+load that .pth and fuse it with the reference code; the toolkit imports it with ckpt_converter,
+fuses it with model/ and exports it exactly as tools/export.py does (deploy/export.py): the .mge
+files and one .onnx, which ONNX Runtime and OpenVINO also run.
 
-Timing: warm-up runs, then --runs rounds; in each round every path runs one forward pass, in a
-rotating order, so that machine noise hits all paths alike; the median is reported. The two
-frameworks never run at the same time and both use --threads threads. GFLOP/s counts 2 x the
-multiply-accumulates of the form a path runs (common/opcount.py); "peak" is the best GFLOP/s
-measured for one large 3x3 convolution (--peak-shape; best of the timed runs) in either
-framework on this machine; the header also prints the arithmetic bound of the CPU (cores x 32
-FLOP/cycle for AVX2 with two FMA units x the clock /proc/cpuinfo reports).
+Paths (--paths): peers: PyTorch eager, channels_last, TorchScript (trace + freeze), torch.compile
+(inductor), ONNX Runtime and OpenVINO on the exported .onnx (all in .torchvenv); ours: the .mge
+as tools/export.py writes it by default (NCHW88 + fused conv/bias/ReLU, fast-run algorithm cache
+recorded at export) opened as tools/infer.py opens it, the same without the cache, with Lite's
+weight preprocessing, the plain NCHW dump, and the .onnx through deploy.runtime (ONNX Runtime of
+.venv, what tools/infer.py runs for a .onnx).
+
+Timing: every measurement is a fresh process (tools/torch_bench_worker.py or
+tools/mge_bench_worker.py) that loads the model, runs --warmup untimed passes and --runs timed
+ones, reports its median and exits; only one runs at a time and this process imports neither
+MegEngine nor PyTorch, so no other thread pool is alive. Rounds are interleaved: each round runs
+every path once, in an order rotated by one per round. Reported: the median over rounds of
+images/s, the spread (min-max over rounds, the noise of this machine), and the ratio to the best
+peer. The logits of every path on the same input are compared with PyTorch eager's after the
+first round; a mismatch stops the benchmark.
 """
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -37,41 +40,43 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from common import cli  # noqa: E402
-from common.device import cpu_count, use_device  # noqa: E402
-from deploy import dump  # noqa: E402
-from deploy.lite import DumpedModel  # noqa: E402
 from errors import UserError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MGE_PYTHON = os.path.join(ROOT, ".venv", "bin", "python")
 TORCH_PYTHON = os.path.join(ROOT, ".torchvenv", "bin", "python")
-TORCH_MODES = {"eager": "PyTorch eager", "channels_last": "PyTorch eager, channels_last",
-               "script": "PyTorch TorchScript (trace+freeze)", "compile": "PyTorch torch.compile"}
-LITE_EXTRAS = {"fastrun": {"fastrun": True},
-               "fastrun+weight_preprocess": {"fastrun": True, "weight_preprocess": True},
-               "fastrun+record": {"fastrun": True, "record": True},
-               "global_layout+fastrun": {"global_layout": True, "fastrun": True}}
+TORCH_WORKER = os.path.join(ROOT, "tools", "torch_bench_worker.py")
+MGE_WORKER = os.path.join(ROOT, "tools", "mge_bench_worker.py")
+TOLERANCE = 1e-5  # relative to the largest logit: float32 summation order, nothing more
+
+# key -> (row name, peer?, how it runs). Peers run tools/torch_bench_worker.py --mode M; ours run
+# tools/mge_bench_worker.py on an exported file: ("mge", "options:cache", lite flags) or "onnx".
+PATHS = {
+    "eager": ("PyTorch eager", True, "eager"),
+    "channels_last": ("PyTorch eager, channels_last", True, "channels_last"),
+    "script": ("PyTorch TorchScript (trace+freeze)", True, "script"),
+    "compile": ("PyTorch torch.compile", True, "compile"),
+    "onnxruntime": ("ONNX Runtime (our .onnx)", True, "onnxruntime"),
+    "openvino": ("OpenVINO (our .onnx)", True, "openvino"),
+    "mge": ("ours: .mge, export defaults (nchw88+fuse, algo cache)", False,
+            ("mge", "nchw88+fuse:cache", [])),
+    "mge-nocache": ("ours: .mge, nchw88+fuse, no algo cache", False,
+                    ("mge", "nchw88+fuse:nocache", [])),
+    "mge-wp": ("ours: .mge, export defaults + weight_preprocess", False,
+               ("mge", "nchw88+fuse:cache", ["--weight-preprocess"])),
+    "mge-nchw": ("ours: .mge, NCHW dump (default options), algo cache", False,
+                 ("mge", "default:cache", [])),
+    "ours-onnx": ("ours: .onnx, deploy.runtime (ONNX Runtime, .venv)", False, "onnx"),
+}
+QUICK = dict(arch=["RepVGG-A0"], batch=[1], size=32, rounds=1, warmup=0, runs=2,
+             paths=["eager", "onnxruntime", "openvino", "mge", "ours-onnx"])
 
 
-def torch_weights_file(model, path):
-    """Write ``model``'s deploy-form weights as a PyTorch ``.pth`` (official names) with the
-    project's own exporter, so the PyTorch side loads exactly what a user's export gives."""
-    from ckpt_converter import export_pth
-
-    return export_pth(model.state_dict(), path)
-
-
-def fma_bound_gflops(threads):
-    """threads x 32 FLOP/cycle (two 8-wide AVX2 FMA units) x the reported clock, or None."""
+def cpu_count():
     try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-    except OSError:
-        return None
-    flags = next((l for l in info.splitlines() if l.startswith("flags")), "").split()
-    mhz = [float(l.split(":")[1]) for l in info.splitlines() if l.startswith("cpu MHz")]
-    if "avx2" not in flags or "fma" not in flags or not mhz:
-        return None
-    return threads * 32 * max(mhz) / 1e3
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def cpu_name():
@@ -82,222 +87,166 @@ def cpu_name():
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return "unknown CPU"
 
 
-class TorchWorker:
-    """tools/torch_bench_worker.py in the PyTorch venv, one request per line."""
-
-    def __init__(self, threads, log_path):
-        if not os.path.exists(TORCH_PYTHON):
-            raise UserError("no PyTorch venv at %s (make setup-torch), or pass --no-torch"
-                            % TORCH_PYTHON)
-        self.log = open(log_path, "w")
-        self.proc = subprocess.Popen(
-            [TORCH_PYTHON, os.path.join(ROOT, "tools", "torch_bench_worker.py")],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
-        self.info = self.request("setup", threads=threads)
-
-    def request(self, cmd, **kwargs):
-        self.proc.stdin.write(json.dumps({"cmd": cmd, **kwargs}) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise UserError("the PyTorch worker died; see %s" % self.log.name)
-        return json.loads(line)
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.stdin.write('{"cmd": "quit"}\n')
-            self.proc.stdin.close()
-            self.proc.wait(timeout=60)
-        self.log.close()
+class WorkerError(Exception):
+    """A worker process failed; the message is its last error line."""
 
 
-class Path:
-    """One way to run the network: ``prepare()`` -> logits, ``run()`` -> seconds."""
-
-    def __init__(self, name, macs, prepare, run):
-        self.name, self.macs, self._prepare, self._run = name, macs, prepare, run
-        self.times, self.logits, self.error = [], None, None
-
-    def prepare(self):
-        try:
-            self.logits = self._prepare()
-        except Exception as e:  # a path that does not work here is reported, not fatal
-            self.error = "%s: %s" % (type(e).__name__, str(e).strip().splitlines()[0][:120]
-                                     if str(e).strip() else "")
-
-    def run(self):
-        return self._run()
+def call(python, script, args, timeout):
+    """Run one worker process to completion (nothing else of ours runs meanwhile)."""
+    if not os.path.exists(python):
+        raise UserError("no Python at %s (see the README's set-up)" % python)
+    try:
+        proc = subprocess.run([python, script] + [str(a) for a in args], capture_output=True,
+                              text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        raise WorkerError("timed out after %d s" % timeout) from None
+    if proc.returncode != 0:
+        lines = [l for l in proc.stderr.splitlines() if l.strip()]
+        raise WorkerError(lines[-1][:160] if lines else "exit status %d" % proc.returncode)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def megengine_eager(name, model, x, macs):
-    import megengine as mge
-
-    xt = mge.tensor(x)
-
-    def run():
-        start = time.perf_counter()
-        model(xt).numpy()
-        return time.perf_counter() - start
-
-    return Path(name, macs, lambda: model(xt).numpy(), run)
+def sample_input(rng, shape):
+    """Images that differ per sample (offset, contrast, ramps), so logits depend on the input."""
+    n, c, h, w = shape
+    ramp = (np.linspace(-1, 1, h)[:, None] * rng.normal(0, 1, (n, c, 1, 1))
+            + np.linspace(-1, 1, w)[None, :] * rng.normal(0, 1, (n, c, 1, 1)))
+    return (rng.normal(0, 1, (n, c, 1, 1)) + ramp + rng.uniform(0.3, 2.0, (n, 1, 1, 1))
+            * rng.standard_normal(shape)).astype(np.float32)
 
 
-def megengine_dumped(name, mge_file, x, macs, threads, **lite):
-    state = {}
-
-    def prepare():
-        state["net"] = DumpedModel(mge_file, threads=threads, **lite)
-        return state["net"](x)  # the first run profiles (fast-run) and allocates
-
-    def run():
-        start = time.perf_counter()
-        state["net"](x)
-        return time.perf_counter() - start
-
-    return Path(name, macs, prepare, run)
+class Row:
+    def __init__(self, key):
+        self.key = key
+        self.name, self.peer, self.how = PATHS[key]
+        self.ips, self.startup, self.error, self.diff = [], [], None, None
 
 
-def torch_path(worker, mode, x_file, macs):
-    def prepare():
-        reply = worker.request("prepare", mode=mode, input=x_file)
-        if "error" in reply:
-            raise RuntimeError(reply["error"])
-        return np.load(reply["logits"])
-
-    def run():
-        return worker.request("time", mode=mode)["seconds"]
-
-    return Path(TORCH_MODES[mode], macs, prepare, run)
-
-
-def measure(paths, warmup, runs):
-    live = [p for p in paths if p.error is None]
-    for _ in range(warmup):
-        for p in live:
-            p.run()
-    for r in range(runs):
-        for p in live[r % len(live):] + live[:r % len(live)]:
-            p.times.append(p.run())
+def run_path(row, arch, batch, files, folder, args, logits):
+    x_file = os.path.join(folder, "x_b%d.npy" % batch)
+    common = ["--input", x_file, "--logits", logits, "--threads", args.threads,
+              "--warmup", args.warmup, "--runs", args.runs]
+    if row.peer:
+        reply = call(TORCH_PYTHON, TORCH_WORKER, ["run", "--mode", row.how, "--arch", arch,
+                                                  "--weights", files["pth"], "--onnx",
+                                                  files["onnx"]] + common, args.timeout)
+    elif row.how == "onnx":
+        reply = call(MGE_PYTHON, MGE_WORKER, ["run", "--model", files["onnx"]] + common,
+                     args.timeout)
+    else:
+        _, variant, flags = row.how
+        reply = call(MGE_PYTHON, MGE_WORKER, ["run", "--model", files["%d/%s" % (batch, variant)]]
+                     + common + flags, args.timeout)
+    row.ips.append(batch / reply["seconds"])
+    row.startup.append(reply["load_s"] + reply["first_s"])
 
 
-def peak_gflops(args, folder, worker):
-    """GFLOP/s of one large 3x3 conv (stride 1, pad 1): MegEngine dumped (best options,
-    fast-run) and PyTorch eager."""
-    import megengine.module as M
-
-    n, c, h, w = args.peak_shape
-    flops = 2 * n * c * c * 9 * h * w
-    conv = M.Conv2d(c, c, 3, padding=1, bias=False)
-    conv.eval()
-    x = np.random.default_rng(0).standard_normal((n, c, h, w)).astype(np.float32)
-    mge_file = os.path.join(folder, "peak_conv.mge")
-    dump.dump_model(conv, x, mge_file, dump.BEST_DUMP_OPTIONS)
-    net = DumpedModel(mge_file, threads=args.threads, fastrun=True)
-    times = []
-    for _ in range(args.warmup + max(args.runs, 3)):
-        start = time.perf_counter()
-        net(x)
-        times.append(time.perf_counter() - start)
-    result = {"MegEngine dumped": flops / min(times[args.warmup:]) / 1e9}  # a peak: best run
-    if worker is not None:
-        reply = worker.request("peak_conv", shape=[n, c, h, w], runs=max(args.runs, 3))
-        result["PyTorch eager"] = flops / reply["seconds"] / 1e9
-    return result
-
-
-def bench_model(arch, args, folder, worker, rng):
-    import megengine as mge  # noqa: F401
-    from model.opcount import count_ops
-    from model.parity import compare, randomize_batchnorm, sample_inputs
-    from model import convert_to_deploy, get_model
-
-    train = get_model(arch)
-    randomize_batchnorm(train, rng, sample_inputs(rng, (4, 3, 64, 64)))
-    deploy = convert_to_deploy(train)
-    deploy.eval()
-    shape = (1, 3, args.size, args.size)
-    macs = {"train": count_ops(train, shape)["flops"], "deploy": count_ops(deploy, shape)["flops"]}
-    if worker is not None:
-        weights = torch_weights_file(deploy, os.path.join(folder, "%s.pth" % arch))
-        reply = worker.request("load", arch=arch, weights=weights, num_classes=1000)
-        if "error" in reply:
-            raise UserError("PyTorch could not load the weights: %s" % reply["error"])
-    for batch in args.batch:
-        x = sample_inputs(rng, (batch, 3, args.size, args.size))
-        paths = [megengine_eager("MegEngine eager, train form", train, x, macs["train"]),
-                 megengine_eager("MegEngine eager, deploy form", deploy, x, macs["deploy"])]
-        best_file = None
-        for options in args.options:
-            mge_file = os.path.join(folder, "%s_b%d_%s.mge" % (arch, batch, options))
-            dump.dump_model(deploy, x, mge_file, options)
-            paths.append(megengine_dumped("MegEngine dumped, " + options, mge_file, x,
-                                          macs["deploy"], args.threads))
-            if options == dump.BEST_DUMP_OPTIONS:
-                best_file = mge_file
-        if best_file is not None:
-            for extra in args.lite:
-                paths.append(megengine_dumped(
-                    "MegEngine dumped, %s + %s" % (dump.BEST_DUMP_OPTIONS, extra),
-                    best_file, x, macs["deploy"], args.threads, **LITE_EXTRAS[extra]))
-        if worker is not None:
-            x_file = os.path.join(folder, "%s_b%d_x.npy" % (arch, batch))
-            np.save(x_file, x)
-            paths += [torch_path(worker, mode, x_file, macs["deploy"]) for mode in args.torch]
-        for p in paths:
-            p.prepare()
-        reference = paths[1].logits
-        for p in paths:
-            if p.error is None:
-                p.diff = compare(p.name, reference, p.logits).max_rel
-        measure(paths, args.warmup, args.runs)
-        yield batch, paths
-
-
-def format_rows(arch, batch, paths, peak):
-    def ips(p):
-        return batch / statistics.median(p.times) if p.times else None
-
-    base = {p.name: ips(p) for p in paths}
-    torch_eager = base.get(TORCH_MODES["eager"])
-    lines = []
-    for p in paths:
-        if p.error is not None:
-            lines.append("| %s | %d | %s | failed: %s | | | | |" % (arch, batch, p.name, p.error))
+def compare_logits(rows, outputs):
+    """Max relative difference of every path's logits from the reference's; UserError on a
+    mismatch (the table would compare different networks)."""
+    live = [r for r in rows if r.error is None]
+    if not live:
+        return
+    ref = next((r for r in live if r.key == "eager"), live[0])
+    expected = np.load(outputs[ref.key]).astype(np.float64)
+    bad = []
+    for r in live:
+        got = np.load(outputs[r.key]).astype(np.float64)
+        if got.shape != expected.shape:
+            bad.append("%s: shape %s vs %s" % (r.name, got.shape, expected.shape))
             continue
-        speed = ips(p)
-        gflops = 2 * p.macs * speed / 1e9
-        lines.append("| %s | %d | %s | %.1f | %.1f | %.0f%% | %s | %.1e |" % (
-            arch, batch, p.name, speed, gflops, 100 * gflops / peak,
-            "%.2fx" % (speed / torch_eager) if torch_eager else "-", p.diff))
+        r.diff = float(np.abs(got - expected).max() / np.abs(expected).max())
+        if not r.diff <= TOLERANCE:
+            bad.append("%s: max relative difference %.1e from %s" % (r.name, r.diff, ref.name))
+    if bad:
+        raise UserError("the paths do not compute the same logits: " + "; ".join(bad))
+
+
+def bench_arch(arch, args, folder):
+    rng = np.random.default_rng(0)
+    files = {"pth": os.path.join(folder, "%s.pth" % arch)}
+    call(TORCH_PYTHON, TORCH_WORKER, ["weights", "--arch", arch, "--out", files["pth"]],
+         args.timeout)
+    x_files = []
+    for batch in args.batch:
+        x_files.append(os.path.join(folder, "x_b%d.npy" % batch))
+        np.save(x_files[-1], sample_input(rng, (batch, 3, args.size, args.size)))
+    variants = sorted({PATHS[k][2][1] for k in args.paths if not PATHS[k][1]
+                       and PATHS[k][2] != "onnx"})
+    files.update(call(MGE_PYTHON, MGE_WORKER, [
+        "prepare", "--weights", files["pth"], "--arch", arch, "--folder", folder, "--threads",
+        args.threads, "--input"] + x_files + ["--variant"] + variants, args.timeout)["files"])
+    for batch in args.batch:
+        rows = [Row(k) for k in args.paths]
+        outputs = {r.key: os.path.join(folder, "out_%s_b%d_%s.npy" % (arch, batch, r.key))
+                   for r in rows}
+        for round_ in range(args.rounds):
+            shift = round_ % len(rows)
+            for row in rows[shift:] + rows[:shift]:
+                if row.error is not None:
+                    continue
+                try:
+                    run_path(row, arch, batch, files, folder, args, outputs[row.key])
+                except WorkerError as e:
+                    row.error = str(e)
+                print("  %s b%d round %d: %s" % (arch, batch, round_ + 1, row.name) + (
+                    " failed: %s" % row.error if row.error else " %.1f img/s" % row.ips[-1]),
+                    file=sys.stderr, flush=True)
+            if round_ == 0:
+                compare_logits(rows, outputs)
+        yield batch, rows
+
+
+def format_rows(arch, batch, rows):
+    def median(r):
+        return statistics.median(r.ips)
+
+    peers = [median(r) for r in rows if r.peer and r.error is None]
+    best = max(peers) if peers else None
+    lines = []
+    for r in rows:
+        if r.error is not None:
+            lines.append("| %s | %d | %s | failed: %s | | | | |" % (arch, batch, r.name,
+                                                                   r.error.replace("|", "/")))
+            continue
+        lines.append("| %s | %d | %s | %.1f | %.1f-%.1f | %s | %.1e | %.1f |" % (
+            arch, batch, r.name, median(r), min(r.ips), max(r.ips),
+            "%.2fx" % (median(r) / best) if best else "-", r.diff,
+            statistics.median(r.startup)))
     return lines
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=_Formatter)
-    p.add_argument("--arch", nargs="+", default=["RepVGG-A0", "RepVGG-A1", "RepVGG-B0"],
-                   help="models")
+    p.add_argument("--arch", nargs="+", default=["RepVGG-A0", "RepVGG-B0"], help="models")
     p.add_argument("--batch", nargs="+", type=int, default=[1, 16], help="batch sizes")
     p.add_argument("--size", type=int, default=224, help="input resolution")
-    p.add_argument("--threads", type=int, default=cpu_count(),
-                   help="CPU threads for both frameworks")
-    p.add_argument("--warmup", type=int, default=3, help="untimed runs per path first")
-    p.add_argument("--runs", type=int, default=10, help="timed runs per path")
-    p.add_argument("--options", nargs="+", default=list(dump.DUMP_OPTIONS),
-                   choices=list(dump.DUMP_OPTIONS), help="dump option sets to measure")
-    p.add_argument("--lite", nargs="*", default=list(LITE_EXTRAS), choices=list(LITE_EXTRAS),
-                   help="Lite runtime settings measured on top of the best dump options")
-    p.add_argument("--torch", nargs="*", default=list(TORCH_MODES), choices=list(TORCH_MODES),
-                   help="PyTorch modes (none: MegEngine only)")
-    p.add_argument("--peak-shape", nargs=4, type=int, default=[2, 256, 56, 56],
-                   metavar=("N", "C", "H", "W"), help="the 3x3 conv that measures peak GFLOP/s")
+    p.add_argument("--threads", type=int, default=cpu_count(), help="CPU threads, every path")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (processes per path)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs in each process")
+    p.add_argument("--runs", type=int, default=10, help="timed runs in each process (median)")
+    p.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS),
+                   help="which paths to run (see above)")
+    p.add_argument("--timeout", type=int, default=900, help="seconds per worker process")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run in seconds: %s" % ", ".join(
+                       "--%s %s" % (k, " ".join(map(str, v)) if isinstance(v, list) else v)
+                       for k, v in QUICK.items()))
     args = p.parse_args(argv)
-    if min(args.batch) < 1 or args.size < 32 or args.threads < 1 or args.runs < 1 \
-            or args.warmup < 0:
-        p.error("batch, threads and runs must be positive, size at least 32, warmup >= 0")
+    if args.quick:
+        for k, v in QUICK.items():
+            if getattr(args, k) == p.get_default(k):
+                setattr(args, k, v)
+    if (min(args.batch) < 1 or args.size < 32 or args.threads < 1 or args.runs < 1
+            or args.rounds < 1 or args.warmup < 0):
+        p.error("batch, threads, runs and rounds must be positive, size at least 32, warmup "
+                ">= 0")
+    if args.threads > 4 * cpu_count():
+        p.error("--threads %d is more than 4 x the %d CPUs" % (args.threads, cpu_count()))
     return args
 
 
@@ -307,42 +256,26 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 def main(argv=None):
     args = parse_args(argv)
-    use_device(dump.trace_device(args.threads))
-    import megengine as mge
-
-    rng = np.random.default_rng(0)
+    start = time.time()
+    load = os.getloadavg()[0]
+    lines = []
     with tempfile.TemporaryDirectory(prefix="bench_deploy.") as folder:
-        worker = TorchWorker(args.threads, os.path.join(folder, "torch_worker.log")) \
-            if args.torch else None
-        try:
-            load = os.getloadavg()
-            peak = peak_gflops(args, folder, worker)
-            print("%s, %d threads, MegEngine %s, %s; load average %.2f at start" % (
-                cpu_name(), args.threads, mge.__version__,
-                "PyTorch %s" % worker.info["torch"] if worker else "no PyTorch", load[0]))
-            print("peak GFLOP/s, 3x3 conv %s: %s" % (
-                "x".join(map(str, args.peak_shape)),
-                ", ".join("%s %.1f" % kv for kv in peak.items())))
-            bound = fma_bound_gflops(args.threads)
-            if bound:
-                print("arithmetic bound (%d cores x 32 FLOP/cycle, AVX2 FMA, reported clock): "
-                      "%.0f GFLOP/s" % (args.threads, bound))
-            print("%dx%d input, median of %d rounds after %d warm-up rounds"
-                  % (args.size, args.size, args.runs, args.warmup))
-            print()
-            print("| model | batch | path | img/s | GFLOP/s | % of peak | vs PyTorch eager "
-                  "| max rel diff |")
-            print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
-            for arch in args.arch:
-                for batch, paths in bench_model(arch, args, folder, worker, rng):
-                    print("\n".join(format_rows(arch, batch, paths, max(peak.values()))),
-                          flush=True)
-            print()
-            print("load average %.2f at the end (%d cores)" % (os.getloadavg()[0],
-                                                               os.cpu_count()))
-        finally:
-            if worker is not None:
-                worker.close()
+        for arch in args.arch:
+            for batch, rows in bench_arch(arch, args, folder):
+                lines += format_rows(arch, batch, rows)
+    print("```")
+    print(".venv/bin/python tools/bench_deploy.py " + " ".join(argv if argv is not None
+                                                                else sys.argv[1:]))
+    print("%s, %d threads per path; %dx%d input; %d rounds x (%d warm-up + %d timed runs) per "
+          "path; load average %.2f at start, %.2f at the end; %.0f s"
+          % (cpu_name(), args.threads, args.size, args.size, args.rounds, args.warmup,
+             args.runs, load, os.getloadavg()[0], time.time() - start))
+    print("```")
+    print()
+    print("| model | batch | path | img/s (median) | min-max over rounds | vs best peer "
+          "| max rel diff | load + first run (s) |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("\n".join(lines))
     return 0
 
 

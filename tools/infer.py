@@ -1,12 +1,19 @@
-"""Classify images with a dumped model (.mge from tools/export.py), without the model code.
+"""Classify images with an exported model (.mge or .onnx from tools/export.py), without the
+model code; or time it (--benchmark).
 
     python tools/infer.py a0.mge cat.jpg dog.png
-    python tools/infer.py a0.mge photos/*.jpg --labels imagenet_classes.txt --top 3
+    python tools/infer.py a0.onnx photos/*.jpg --top 3
+    python tools/infer.py a0.mge --benchmark --batch 16 --runs 20     # last line: "<N> img/s"
 
-The graph is run by MegEngine Lite; nothing from the project's model/ package is imported, so
-the .mge file and this script (with common/) are all a deployment needs. Each image is
-preprocessed as in evaluation (resize, centre crop, ImageNet mean/std) to the resolution the
-model was exported at, and the top classes are printed with their softmax probabilities.
+A .mge runs under MegEngine Lite (with the fast-run algorithm cache recorded at export time), a
+.onnx under ONNX Runtime; nothing from the project's model/ package is imported. Each image is
+prepared with the preprocessing recorded in the model (deploy/preprocess.py: resize the shorter
+side, centre crop, the training run's mean/std; ImageNet's, with a note, for a model that records
+none), so the answer is tools/predict.py's on the checkpoint it was exported from. Class names
+come from the model (recorded at export), else --labels, else class indices are printed.
+
+--benchmark times the model exactly as classification runs it (same runtime and settings) on
+random input of the exported size: --warmup untimed runs, then the median of --runs.
 """
 import argparse
 import os
@@ -18,8 +25,8 @@ import numpy as np  # noqa: E402
 
 from common import cli  # noqa: E402
 from common import numeric  # noqa: E402
-from common.device import cpu_count  # noqa: E402
-from deploy import lite, preprocess  # noqa: E402
+from common.timing import interleaved_medians  # noqa: E402
+from deploy import preprocess, runtime  # noqa: E402
 from errors import UserError  # noqa: E402
 
 
@@ -35,29 +42,45 @@ def read_labels(path, num_classes):
     return labels
 
 
-def classify(model, paths, batch_size, k):
+def classify(model, spec, paths, batch_size, k):
     """Yields ``(path, [(class, probability), ...])``, batch by batch."""
-    size = model.input_shape[-1]
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
-        x = np.stack([preprocess.preprocess_image(p, size) for p in chunk])
+        x = np.stack([preprocess.preprocess_image(p, spec) for p in chunk])
         yield from zip(chunk, numeric.top_k(model(x), k))
+
+
+def benchmark(model, batch, warmup, runs, seed=0):
+    """Images per second of ``model`` on random input (median of ``runs`` timed calls)."""
+    x = np.random.default_rng(seed).standard_normal(
+        (batch,) + tuple(model.input_shape[1:])).astype(np.float32)
+    seconds = interleaved_medians({"model": lambda: model(x)}, warmup, runs)["model"]
+    return batch / seconds
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=_Formatter)
-    p.add_argument("model", metavar="MODEL.mge", help="dumped model from tools/export.py")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    p.add_argument("--labels", metavar="FILE", help="class names, one per line (default: "
-                   "class indices)")
+    p.add_argument("model", metavar="MODEL", help="exported model (.mge or .onnx)")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files")
+    p.add_argument("--labels", metavar="FILE", help="class names, one per line (default: the "
+                   "names recorded in the model, else class indices)")
     p.add_argument("--top", type=int, default=5, help="how many classes to print per image")
     p.add_argument("--batch", type=int, default=0,
                    help="images per forward pass (0: the batch size the model was exported with)")
-    p.add_argument("--threads", type=int, default=cpu_count(), help="CPU threads")
+    p.add_argument("--threads", type=int, default=runtime.cpu_count(),
+                   help="CPU threads (at most %d x the CPU count)" % runtime.MAX_THREADS_PER_CPU)
+    p.add_argument("--benchmark", action="store_true",
+                   help="time the model on random input instead of classifying images")
+    p.add_argument("--runs", type=int, default=20, help="timed runs with --benchmark")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs first with --benchmark")
     args = p.parse_args(argv)
-    if args.top < 1 or args.threads < 1 or args.batch < 0:
-        p.error("--top and --threads must be positive, --batch non-negative")
+    if args.top < 1 or args.batch < 0 or args.runs < 1 or args.warmup < 0:
+        p.error("--top and --runs must be positive, --batch and --warmup non-negative")
+    if not args.benchmark and not args.images:
+        p.error("give image files, or --benchmark")
+    if args.benchmark and args.images:
+        p.error("--benchmark takes no images")
     return args
 
 
@@ -67,13 +90,30 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 def main(argv=None):
     args = parse_args(argv)
+    runtime.check_threads(args.threads)
     missing = [p for p in args.images if not os.path.isfile(p)]
     if missing:
         raise UserError("image not found: %s" % ", ".join(missing))
-    model = lite.DumpedModel(args.model, threads=args.threads)
-    labels = read_labels(args.labels, model.num_classes) if args.labels else None
-    for path, top in classify(model, args.images, args.batch or model.input_shape[0],
-                              args.top):
+    model = runtime.open_model(args.model, threads=args.threads)
+    batch = args.batch or model.input_shape[0]
+    if args.benchmark:
+        print("%s: batch %d, %d threads, median of %d runs" % (args.model, batch, args.threads,
+                                                             args.runs))
+        print("%.2f img/s" % benchmark(model, batch, args.warmup, args.runs))
+        return 0
+    spec, note = runtime.spec_of(model)
+    if spec.size != model.input_shape[-1] or model.input_shape[-2] != model.input_shape[-1]:
+        raise UserError("%s takes %dx%d input but its recorded preprocessing gives %dx%d images"
+                        % (args.model, model.input_shape[-2], model.input_shape[-1], spec.size,
+                           spec.size))
+    if args.labels:
+        labels = read_labels(args.labels, model.num_classes)
+    else:
+        labels = model.metadata.get("classes")
+    for path, top in classify(model, spec, args.images, batch, args.top):
+        if note:  # after the first batch was read: an error stays the only line on stderr
+            print("note: " + note, file=sys.stderr)
+            note = None
         print(path)
         for rank, (index, prob) in enumerate(top, 1):
             name = labels[index] if labels else "class %d" % index

@@ -1,119 +1,166 @@
-"""The PyTorch side of tools/bench_deploy.py; runs under .torchvenv/bin/python (torch 2.13 CPU).
+"""The peers' side of tools/bench_deploy.py; runs under .torchvenv/bin/python (torch 2.13 CPU,
+ONNX Runtime, OpenVINO). One command per process, started fresh by the benchmark:
 
-Started once by the benchmark and driven over stdin/stdout, one JSON object per line, so that
-the benchmark can interleave single timed forward passes of PyTorch and MegEngine (the two never
-run at the same time; both get all threads). Commands:
+    weights --arch RepVGG-A0 --out w.pth --seed 0
+        the reference model (tests/torch_ref/repvgg_ref.py, official parameter names) in train
+        form with random weights and non-trivial BatchNorm statistics, saved with torch.save:
+        the one .pth every path of the benchmark is built from
+    run --mode MODE --arch A --weights w.pth --onnx f.onnx --input x.npy --logits out.npy
+        --threads T --warmup W --runs R
+        load, run ``x`` once (logits written), warm up, time R runs; prints one JSON line
+        {"seconds": median, "load_s": ..., "first_s": ...}
 
-    {"cmd": "setup", "threads": 2}
-    {"cmd": "load", "arch": "RepVGG-A0", "weights": "w.pth", "num_classes": 1000}
-    {"cmd": "prepare", "mode": "eager", "input": "x.npy"}  -> {"logits": "out.npy", "seconds"}
-    {"cmd": "time", "mode": "eager"}                       -> {"seconds": ...}
-    {"cmd": "peak_conv", "shape": [N, C, H, W], "runs": 5}  -> {"seconds": ...}
-    {"cmd": "quit"}
-
-Modes: eager (the reference deploy-form model), channels_last (eager, NHWC memory format),
-script (TorchScript: torch.jit.trace + torch.jit.freeze), compile (torch.compile, inductor).
-The model is tests/torch_ref/repvgg_ref.py, the independent reference implementation with the
-official parameter names. Errors in one mode are answered as {"error": "..."} and the worker
-stays up.
+Modes: eager (the reference model converted to deploy form), channels_last (eager, NHWC memory
+format), script (torch.jit.trace + torch.jit.freeze), compile (torch.compile, inductor),
+onnxruntime and openvino (the project's ONNX export of the same weights). Only the library a
+mode needs is imported, so an ONNX Runtime process holds no PyTorch thread pool.
 """
-import copy
+import argparse
 import json
 import os
 import sys
 import time
-import traceback
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests", "torch_ref"))
+sys.path.insert(0, ROOT)
 
-import repvgg_ref  # noqa: E402
+from common.timing import interleaved_medians  # noqa: E402
 
-
-def read_weights(path):
-    """The official-name state dict the exporter (``ckpt_converter.export_pth``) wrote."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+TORCH_MODES = ("eager", "channels_last", "script", "compile")
+MODES = TORCH_MODES + ("onnxruntime", "openvino")
 
 
-class Worker:
-    def __init__(self):
-        self.model = None
-        self.forms = {}   # mode -> (callable, input tensor)
+def _reference():
+    sys.path.insert(0, os.path.join(ROOT, "tests", "torch_ref"))
+    import repvgg_ref
 
-    def setup(self, threads):
-        torch.set_num_threads(int(threads))
-        return {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    return repvgg_ref
 
-    def load(self, arch, weights, num_classes):
-        model = repvgg_ref.build(arch, deploy=True, num_classes=num_classes)
-        model.load_state_dict(read_weights(weights), strict=True)
-        self.model = model.eval()
-        self.forms = {}
-        return {}
 
-    def _build(self, mode, x):
-        model = self.model
-        if mode == "eager":
-            return model, x
-        if mode == "channels_last":
-            return (copy.deepcopy(model).to(memory_format=torch.channels_last),
-                    x.contiguous(memory_format=torch.channels_last))
-        if mode == "script":
-            return torch.jit.freeze(torch.jit.trace(model, x)), x
-        if mode == "compile":
-            return torch.compile(model), x
-        raise ValueError("unknown mode %r" % mode)
+def make_weights(arch, out, seed):
+    """A train-form reference model with random BN statistics and affine parameters."""
+    import torch
 
-    def prepare(self, mode, input):
-        x = torch.from_numpy(np.load(input))
-        start = time.perf_counter()
+    torch.manual_seed(seed)
+    model = _reference().build(arch, deploy=False)
+    gen = torch.Generator().manual_seed(seed)
+    # Real per-channel statistics first (one train-mode pass on varied input), then perturbed,
+    # so the signal survives the depth and every input gives different logits.
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        bn.momentum = 1.0
+    model.train()
+    with torch.no_grad():
+        x = torch.randn(4, 3, 64, 64, generator=gen) * torch.rand(4, 1, 1, 1, generator=gen) * 2
+        model(x)
+        for bn in bns:
+            c = bn.num_features
+            bn.running_mean += torch.randn(c, generator=gen) * 0.3 * bn.running_var.sqrt()
+            bn.running_var *= 0.5 + 1.5 * torch.rand(c, generator=gen)
+            bn.weight.copy_(0.3 + 0.9 * torch.rand(c, generator=gen))
+            bn.bias.copy_(torch.randn(c, generator=gen) * 0.3)
+            bn.momentum = 0.1
+    torch.save(model.state_dict(), out)
+    return {"weights": out}
+
+
+def _torch_form(mode, arch, weights, x, threads):
+    import torch
+
+    torch.set_num_threads(threads)
+    ref = _reference()
+    model = ref.build(arch, deploy=False)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model = ref.convert_to_deploy(model.eval()).eval()
+    x = torch.from_numpy(x)
+    if mode == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif mode == "script":
         with torch.inference_mode():
-            fn, x = self._build(mode, x)
-            out = fn(x)  # first call: tracing / compilation happens here
-        seconds = time.perf_counter() - start
-        self.forms[mode] = (fn, x)
-        path = input[:-4] + "_%s_out.npy" % mode
-        np.save(path, out.numpy())
-        return {"logits": path, "seconds": seconds}
+            model = torch.jit.freeze(torch.jit.trace(model, x))
+    elif mode == "compile":
+        model = torch.compile(model)
 
-    def time(self, mode):
-        fn, x = self.forms[mode]
+    def run():
         with torch.inference_mode():
-            start = time.perf_counter()
-            fn(x)
-            return {"seconds": time.perf_counter() - start}
-
-    def peak_conv(self, shape, runs):
-        n, c, h, w = shape
-        x = torch.randn(n, c, h, w)
-        weight = torch.randn(c, c, 3, 3) * 0.01
-        times = []
-        with torch.inference_mode():
-            for _ in range(runs + 1):
-                start = time.perf_counter()
-                F.conv2d(x, weight, padding=1)
-                times.append(time.perf_counter() - start)
-        return {"seconds": min(times[1:])}  # a peak: the best run
+            return model(x).numpy()
+    return run
 
 
-def main():
-    worker = Worker()
-    for line in sys.stdin:
-        request = json.loads(line)
-        cmd = request.pop("cmd")
-        if cmd == "quit":
-            break
-        try:
-            reply = getattr(worker, cmd)(**request)
-        except Exception as e:  # reported to the benchmark, which prints it in the table
-            traceback.print_exc(file=sys.stderr)
-            reply = {"error": "%s: %s" % (type(e).__name__, str(e).strip().splitlines()[0]
-                                          if str(e).strip() else "")}
-        print(json.dumps(reply), flush=True)
+def _onnxruntime(onnx_file, x, threads):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(onnx_file, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda: session.run(None, {name: x})[0]
+
+
+def _openvino(onnx_file, x, threads):
+    import openvino as ov
+
+    core = ov.Core()
+    # float32 as every other path: on CPUs with bf16 support OpenVINO otherwise computes in bf16
+    # (logits 5e-3 off, caught by the benchmark's comparison).
+    compiled = core.compile_model(onnx_file, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                     "PERFORMANCE_HINT": "LATENCY",
+                                                     "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+
+    def run():
+        request.infer({0: x})
+        return request.get_output_tensor(0).data.copy()
+    return run
+
+
+def run_mode(args):
+    x = np.load(args.input)
+    start = time.perf_counter()
+    if args.mode in TORCH_MODES:
+        fn = _torch_form(args.mode, args.arch, args.weights, x, args.threads)
+    elif args.mode == "onnxruntime":
+        fn = _onnxruntime(args.onnx, x, args.threads)
+    else:
+        fn = _openvino(args.onnx, x, args.threads)
+    load = time.perf_counter() - start
+    np.save(args.logits, np.asarray(fn(), np.float32))  # the first call compiles / profiles
+    first = time.perf_counter() - start - load
+    seconds = interleaved_medians({"run": fn}, args.warmup, args.runs)["run"]
+    return {"seconds": seconds, "load_s": load, "first_s": first}
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    w = sub.add_parser("weights")
+    w.add_argument("--arch", required=True)
+    w.add_argument("--out", required=True)
+    w.add_argument("--seed", type=int, default=0)
+    r = sub.add_parser("run")
+    r.add_argument("--mode", choices=MODES, required=True)
+    r.add_argument("--arch", required=True)
+    r.add_argument("--weights")
+    r.add_argument("--onnx")
+    r.add_argument("--input", required=True)
+    r.add_argument("--logits", required=True)
+    r.add_argument("--threads", type=int, required=True)
+    r.add_argument("--warmup", type=int, default=2)
+    r.add_argument("--runs", type=int, default=5)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.cmd == "weights":
+        reply = make_weights(args.arch, args.out, args.seed)
+    else:
+        reply = run_mode(args)
+    print(json.dumps(reply), flush=True)
 
 
 if __name__ == "__main__":

@@ -125,7 +125,8 @@ class Trainer:
     def data_info(self):
         """What eval/predict need to prepare inputs like this run did."""
         return {"classes": list(self.splits.classes), "dataset": self.cfg["dataset"],
-                "image_size": self.cfg["image_size"]}
+                "image_size": self.cfg["image_size"],
+                "preprocess": self.splits.eval_transform.spec.to_dict()}
 
     # -- one epoch ---------------------------------------------------------------------------
     def loss_of(self, logits, labels):

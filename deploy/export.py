@@ -1,0 +1,181 @@
+"""Exporting a checkpoint for deployment: build the deploy form, write ``.mge`` or ``.onnx`` with
+its metadata, load the file back with the runtime that will run it and check its logits against
+the eager model before the file is renamed into place (``common.atomic``).
+
+``tools/export.py`` is the command line over ``export``. This is the one module of ``deploy/``
+that imports ``model`` (lazily): the inference side (``runtime``, ``lite``, ``preprocess``) does
+not.
+"""
+import base64
+import dataclasses
+import logging
+import os
+
+import numpy as np
+
+from common.atomic import atomic_path
+from errors import UserError
+
+from . import dump, preprocess, runtime
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("mge", "onnx")
+
+
+class ExportCheckError(UserError):
+    """The exported file does not compute what the eager model computes."""
+
+
+@dataclasses.dataclass
+class Source:
+    """What is exported: the deploy-form model and what describes it."""
+    deploy: object
+    train: object            # the train-form model, or None for a deploy-form checkpoint
+    arch: str                # a readable architecture name
+    spec: preprocess.PreprocessSpec
+    spec_note: str = None    # set when the spec was not recorded (ImageNet's assumed)
+    classes: list = None
+
+    def metadata(self, input_shape):
+        return {"arch": self.arch, "classes": self.classes, "preprocess": self.spec.to_dict(),
+                "preprocess_note": self.spec_note, "input_shape": list(input_shape),
+                "form_in": "train" if self.train is not None else "deploy"}
+
+
+def build_model(load=None, arch=None, num_classes=1000, size=None):
+    """A ``Source`` from the checkpoint file ``load`` (train or deploy form; ``arch`` overrides
+    the recorded architecture) or, with ``load=None``, a randomly initialised ``arch`` (a
+    registered name or an ``arch.json``)."""
+    from common.checkpoint import load_checkpoint
+    from model import convert_to_deploy, is_deploy
+    from model.checkpoint import arch_label, build_model as build_arch, model_from_checkpoint
+    from model.checkpoint import resolve_arch
+
+    if load:
+        checkpoint = load_checkpoint(load)
+        model, info = model_from_checkpoint(checkpoint, arch, load)
+        label = arch_label(info["arch"])
+        spec, note = preprocess.spec_of_checkpoint(checkpoint, size)
+        classes = checkpoint.get("classes") if isinstance(checkpoint, dict) else None
+        classes = [str(c) for c in classes] if classes and len(classes) == info["num_classes"] \
+            else None
+    else:
+        if not arch:
+            raise UserError("--random-init needs --arch")
+        model, label = build_arch(arch, num_classes), arch_label(resolve_arch(arch))
+        spec, note, classes = preprocess.imagenet_spec(size or 224), None, None
+    model.eval()
+    train = None if is_deploy(model) else model
+    deploy = convert_to_deploy(model) if train is not None else model
+    deploy.eval()
+    return Source(deploy, train, label, spec, note, classes)
+
+
+def check_exported(run, x, references, what, tolerance=None):
+    """Compare ``run(x)`` with each ``(name, expected_output)``; ``ExportCheckError`` on a
+    mismatch. Returns the ``model.parity.Parity`` results."""
+    from model.parity import DEFAULT_TOLERANCE, compare
+
+    tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
+    out = run(x)
+    results = [compare("%s vs %s" % (what, name), expected, out, tolerance)
+               for name, expected in references]
+    bad = [r for r in results if not r.ok]
+    if bad:
+        raise ExportCheckError("the %s does not match the eager model: %s" % (what, "; ".join(
+            "%s: max relative difference %.2e (tolerance %.0e), top-1 agreement %.0f%%"
+            % (r.name, r.max_rel, r.tolerance, 100 * r.top1_agree) for r in bad)))
+    return results
+
+
+def check_dumped(path, x, references, threads=None, tolerance=None, fmt=None):
+    """Run the exported file at ``path`` (``fmt`` 'mge' or 'onnx'; default: by its suffix) on
+    ``x`` with the runtime ``tools/infer.py`` uses (metadata and algorithm cache included) and
+    compare with ``references``."""
+    fmt = fmt or ("onnx" if os.fspath(path).lower().endswith(".onnx") else "mge")
+    if fmt == "onnx":
+        model, what = runtime.OnnxModel(os.fspath(path), threads), "exported ONNX graph"
+    else:
+        model, what = runtime.open_mge(os.fspath(path), threads), "dumped graph"
+    return check_exported(model, x, references, what, tolerance)
+
+
+def write_checked(path, write, check):
+    """``write(tmp)`` writes a file next to ``path``, ``check(tmp)`` raises if it is wrong; then
+    the file is renamed to ``path`` (``common.atomic``). On any failure the temp file is removed
+    and ``path`` (if it existed) is left unchanged."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+        return check(tmp)
+
+
+def format_of(output, requested=None):
+    """'mge' or 'onnx': ``requested`` (``--format``) or the suffix of ``output``; they must agree,
+    because ``tools/infer.py`` tells the formats apart by the suffix."""
+    suffix = os.path.splitext(os.fspath(output))[1].lower().lstrip(".")
+    if requested and suffix in FORMATS and suffix != requested:
+        raise UserError("--format %s but the output is named %s; name it .%s"
+                        % (requested, output, requested))
+    fmt = requested or (suffix if suffix in FORMATS else None)
+    if fmt is None:
+        raise UserError("cannot tell the format of %s: name it .mge or .onnx (or pass --format)"
+                        % output)
+    if suffix != fmt:
+        raise UserError("the output %s must end in .%s (tools/infer.py reads the format from "
+                        "the suffix)" % (output, fmt))
+    return fmt
+
+
+def write_mge(source, x, path, options=dump.BEST_DUMP_OPTIONS, threads=None, algo_cache=True):
+    """Trace and dump ``source.deploy`` to ``path`` with its metadata; with ``algo_cache``, profile
+    the dumped graph with fast-run on ``x`` and dump it again carrying the algorithm choices."""
+    from .algo_profile import profile_algorithms
+
+    graph, _ = dump.trace_model(source.deploy, x)
+    metadata = source.metadata(x.shape)
+    dump.write_graph(graph, path, options, runtime.encode_metadata(metadata))
+    if algo_cache:
+        cache = profile_algorithms(path, x, threads)
+        metadata.update(algo_cache=base64.b64encode(cache).decode("ascii"),
+                        algo_cache_threads=threads)
+        dump.write_graph(graph, path, options, runtime.encode_metadata(metadata))
+
+
+def write_onnx(source, x, path):
+    from .onnx_export import export_onnx
+
+    with open(path, "wb") as f:
+        export_onnx(source.deploy, f, x.shape, dict(source.metadata(x.shape),
+                                                    format=runtime.METADATA_FORMAT))
+
+
+def check_batch(spec, batch, images=None, seed=0):
+    """The input an export is checked on: ``images`` prepared with ``spec`` when given, else
+    generated images that differ per sample (``model.parity.sample_inputs``)."""
+    if images:
+        prepared = [preprocess.preprocess_image(p, spec) for p in images]
+        reps = -(-batch // len(prepared))
+        return np.stack((prepared * reps)[:batch])
+    from model.parity import sample_inputs
+
+    return sample_inputs(np.random.default_rng(seed), (batch, 3, spec.size, spec.size))
+
+
+def export(source, output, fmt, x, options=dump.BEST_DUMP_OPTIONS, threads=None,
+           algo_cache=True):
+    """Write ``source`` to ``output`` as ``fmt`` and check it on ``x`` against the eager deploy
+    model (and the eager train model for a train-form source); returns the check results."""
+    import megengine as mge
+
+    references = [("eager deploy", source.deploy(mge.tensor(x)).numpy())]
+    if source.train is not None:
+        references.append(("eager train", source.train(mge.tensor(x)).numpy()))
+    if fmt == "onnx":
+        def write(tmp):
+            write_onnx(source, x, tmp)
+    else:
+        def write(tmp):
+            write_mge(source, x, tmp, options, threads, algo_cache)
+    return write_checked(output, write,
+                         lambda tmp: check_dumped(tmp, x, references, threads, fmt=fmt))
