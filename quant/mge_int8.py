@@ -37,15 +37,19 @@ def check_int8_graph(path, x, expected, step, threads=None):
     return worst
 
 
-def write_int8_mge(int8_net, path, x, options=INT8_DUMP_OPTIONS, threads=None):
+def write_int8_mge(int8_net, path, x, options=INT8_DUMP_OPTIONS, threads=None, metadata=None):
     """Trace ``int8_net`` on the batch ``x``, dump it to ``path`` (atomically, only if Lite's
-    output checks out) and return the largest difference from the eager network seen."""
+    output checks out) and return the largest difference from the eager network seen.
+    ``metadata`` (preprocessing, class names, ...) is stored as tools/export.py stores it, so
+    tools/infer.py prepares images for the int8 graph as for the float one."""
     import megengine as mge
 
     from common.atomic import atomic_path
+    from deploy.runtime import encode_metadata
 
     expected = int8_net(mge.tensor(x)).numpy()
     step = output_step(int8_net)
     with atomic_path(path) as tmp:
-        dump.dump_model(int8_net, x[:1], tmp, options)
+        dump.dump_model(int8_net, x[:1], tmp, options,
+                        None if metadata is None else encode_metadata(metadata))
         return check_int8_graph(tmp, x, expected, step, threads)

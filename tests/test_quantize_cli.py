@@ -59,12 +59,12 @@ def float_logits(ckpt_path, x):
 
 
 def test_int8_mge_runs_in_lite(ckpt, mge_run):
-    from deploy.lite import DumpedModel
+    from deploy.runtime import open_model
 
     out, reported, stdout = mge_run
     assert "top-1 agreement" in stdout
     x = check_images()
-    lite_logits = DumpedModel(str(out), threads=1)(x)
+    lite_logits = open_model(str(out), 1)(x)  # Lite, as tools/infer.py opens it
     # Lite runs the int8 graph: its logits are the eager int8 network's (what the tool
     # reported on), not the float model's
     ref = float_logits(ckpt, x)
@@ -79,7 +79,7 @@ def test_qdq_onnx_runs_in_onnxruntime(ckpt, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from quant.onnx_int8 import run, session
+    from deploy.runtime import open_model
 
     out, report = tmp_path / "a0.onnx", tmp_path / "r.json"
     proc = run_tool("tools/quantize.py", "--load", ckpt, "-o", out, "--report", report, *FAST)
@@ -96,7 +96,7 @@ def test_qdq_onnx_runs_in_onnxruntime(ckpt, tmp_path):
         weight, scale = inits[dq.input[0]], inits[dq.input[1]]
         assert weight.dtype == np.int8 and scale.shape == (weight.shape[0],)
     x = check_images()
-    int8_logits = run(session(str(out), 1), x)
+    int8_logits = open_model(str(out), 1)(x)
     mine = metrics.agreement(float_logits(ckpt, x), int8_logits)
     assert abs(mine.sqnr_db - json.loads(report.read_text())["sqnr_db"]) < 0.1
     assert 0 < mine.sqnr_db < 60

@@ -18,10 +18,11 @@ imported  a RepVGG with random weights and non-trivial BN statistics, written as
           top-1 agreement with float. No real ImageNet weights exist on this machine; the
           numbers say how well the quantizers track these weights, not ImageNet accuracy.
 speed     float .mge (MegEngine Lite), int8 .mge (Lite), float .onnx and int8 QDQ .onnx (ONNX
-          Runtime) of one architecture at --size, per batch size. Each measurement is a fresh
-          process running one artifact alone (warm-up, then --runs timed passes, median);
-          --rounds rounds go through the artifacts in turn (interleaved) and the median over
-          rounds is reported. Outputs are compared first (int8 vs its float version: SQNR).
+          Runtime) of one architecture at --size, per batch size; the float files are
+          tools/export.py's (its best dump options and fast-run algorithm cache). Each
+          measurement is a fresh process running one artifact alone, opened as tools/infer.py
+          opens it (warm-up, then --runs timed passes, median); --rounds rounds go through the
+          artifacts in turn (interleaved) and the median over rounds is reported. Outputs are compared first (int8 vs its float version: SQNR).
 """
 import argparse
 import json
@@ -151,21 +152,12 @@ def imported(args, tmp):
 
 
 def time_artifact(path, batch, size, runs, threads):
-    """In this process: load ``path`` (.mge with Lite, .onnx with ONNX Runtime), return
+    """In this process: open ``path`` (.mge with Lite, .onnx with ONNX Runtime), return
     (median seconds per batch, logits of the fixed check input)."""
     x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
-    if path.endswith(".mge"):
-        from deploy.lite import DumpedModel
+    from deploy.runtime import open_model
 
-        model = DumpedModel(path, threads=threads)
-        forward = model
-    else:
-        from quant.onnx_int8 import run, session
-
-        sess = session(path, threads)
-
-        def forward(b):
-            return run(sess, b)
+    forward = open_model(path, threads)  # as tools/infer.py opens it
     out = forward(x)
     forward(x)
     times = []
@@ -192,7 +184,8 @@ def speed(args, tmp):
          args.size)
     quantize(ckpt, arts["int8 .mge (Lite)"], tmp, *calib)
     quantize(ckpt, arts["int8 .onnx (ORT)"], tmp, *calib)
-    tool(__file__, "_float_onnx", ckpt, arts["float .onnx (ORT)"], "--size", args.size)
+    tool("tools/export.py", "--load", ckpt, "--output", arts["float .onnx (ORT)"], "--size",
+         args.size)
     print("%s at %dx%d, %d threads, %d rounds x %d runs (median of round medians)\n"
           % (args.arch, args.size, args.size, threads, args.rounds, args.runs))
     print("| artifact | batch | ms / batch | images / s | vs float | SQNR vs float (dB) |")
@@ -251,10 +244,6 @@ def parse_args(argv):
     w.add_argument("--size", type=int, required=True)
     w.add_argument("--runs", type=int, required=True)
     w.add_argument("--threads", type=int, required=True)
-    f = sub.add_parser("_float_onnx")  # internal: float ONNX of a checkpoint
-    f.add_argument("load")
-    f.add_argument("output")
-    f.add_argument("--size", type=int, required=True)
     return p.parse_args(argv)
 
 
@@ -264,17 +253,6 @@ def main(argv=None):
         seconds, logits = time_artifact(args.path, args.batch, args.size, args.runs,
                                         args.threads)
         print(json.dumps({"seconds": seconds, "logits": logits.tolist()}))
-        return 0
-    if args.cmd == "_float_onnx":
-        from common.atomic import atomic_path
-        from common.device import use_device
-        from deploy.onnx_export import export_onnx
-        from quant.pipeline import load_float
-
-        use_device("cpu")
-        source = load_float(args.load)
-        with atomic_path(args.output) as tmp:
-            export_onnx(source.deploy, tmp, (1, 3, args.size, args.size))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         rows = {"accuracy": accuracy, "imported": imported, "speed": speed}[args.cmd](args, tmp)

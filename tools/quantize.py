@@ -155,6 +155,17 @@ def qat_chain(args, source, data, kind, spec):
     return chain
 
 
+def file_metadata(source, spec, x, method):
+    """What tools/export.py records in a model file (tools/infer.py reads it), plus the int8
+    method."""
+    classes = source.checkpoint.get("classes")
+    classes = [str(c) for c in classes] if classes and len(classes) == \
+        source.info["num_classes"] else None
+    return {"arch": str(source.info["arch"]), "classes": classes,
+            "preprocess": spec.to_dict(), "input_shape": [1] + list(x.shape[1:]),
+            "form_in": source.info["form"], "int8": method}
+
+
 def float_deploy(source, layers, linear):
     """A deploy-form model of the source's architecture holding ``layers`` / ``linear``."""
     from model.checkpoint import build_model, load_weights
@@ -204,19 +215,21 @@ def main(argv=None):
         int8 = ptq.calibrate(network.QuantChain(layers, linear), data.calib, args.observer,
                              progress=args.progress)
 
+    method = "QAT %d epochs" % args.epochs if args.qat else "PTQ"
+    metadata = file_metadata(source, spec, data.check[0], method)
     if fmt == ".mge":
         from quant.mge_int8 import write_int8_mge
-        write_int8_mge(int8, args.output, data.check[0], threads=args.threads)
+        write_int8_mge(int8, args.output, data.check[0], threads=args.threads,
+                       metadata=metadata)
         int8_logits = logits(lambda b: int8(mge.tensor(b)).numpy(), data.check)
     else:
-        from quant.onnx_int8 import run, session, write_int8_onnx
+        from deploy.runtime import OnnxModel
+        from quant.onnx_int8 import write_int8_onnx
         model = source.deploy if not args.qat else float_deploy(source, layers, linear)
-        write_int8_onnx(model, args.output, data.calib, data.check[0],
-                        {"arch": str(source.info["arch"]), "int8": "qdq"}, threads=args.threads)
-        sess = session(args.output, args.threads)
-        int8_logits = logits(lambda b: run(sess, b), data.check)
+        write_int8_onnx(model, args.output, data.calib, data.check[0], metadata,
+                        threads=args.threads)
+        int8_logits = logits(OnnxModel(args.output, args.threads), data.check)
     result = metrics.agreement(float_logits, int8_logits, data.labels)
-    method = "QAT %d epochs" % args.epochs if args.qat else "PTQ"
     print(result.describe("int8 (%s, %s)" % (fmt[1:], method)))
     report = dict(vars(result), output=args.output, method=method, format=fmt[1:],
                   arch=str(source.info["arch"]))
