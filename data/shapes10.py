@@ -168,8 +168,6 @@ def write_cifar10(folder, train=10000, test=2000, seed=0):
 
 
 def main(argv=None):
-    from common import cli  # noqa: F401
-
     p = argparse.ArgumentParser(prog="python -m data.shapes10",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("folder", help="folder to write the CIFAR-10-format batch files into")
@@ -178,7 +176,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     args = p.parse_args(argv)
     if args.train < 5 or args.test < 1:
-        p.error("--train must be at least 5 (five batch files) and --test at least 1")
+        from errors import UserError
+        raise UserError("--train must be at least 5 (five batch files) and --test at least 1")
     write_cifar10(args.folder, args.train, args.test, args.seed)
     print("wrote %d train and %d test images to %s" % (args.train, args.test, args.folder))
     return 0
