@@ -23,12 +23,15 @@ from model.parity import (DEFAULT_TOLERANCE, check_parity, format_row, randomize
 
 def block_cases():
     """(name, kwargs) for RepVGGBlock: SE off/on, groups 1/2/4, stride 1/2, in==out and in!=out;
-    plus RepVGGplus's post-SE block."""
+    plus RepVGGplus's post-SE block and QARepVGG blocks (qa=True)."""
     for use_se, groups, stride, (cin, cout) in itertools.product(
             (False, True), (1, 2, 4), (1, 2), ((16, 16), (8, 16))):
         name = "block c%d->%d s%d g%d%s" % (cin, cout, stride, groups, " se" if use_se else "")
         yield name, dict(in_channels=cin, out_channels=cout, stride=stride, groups=groups,
                          use_se=use_se)
+    for groups, stride, (cin, cout) in itertools.product((1, 2), (1, 2), ((16, 16), (8, 16))):
+        yield ("block c%d->%d s%d g%d qa" % (cin, cout, stride, groups),
+               dict(in_channels=cin, out_channels=cout, stride=stride, groups=groups, qa=True))
     for stride in (1, 2):
         yield ("block c16->16 s%d g1 post-se" % stride,
                dict(in_channels=16, out_channels=16, stride=stride, use_se=True,
@@ -56,7 +59,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--arch", action="append", metavar="NAME",
-                   help="model to check (repeatable; default: every registered RepVGG model). "
+                   help="model to check (repeatable; default: every registered RepVGG and QARepVGG model). "
                         "Known: " + ", ".join(list_models()))
     p.add_argument("--size", type=int, default=224, help="input resolution for whole models")
     p.add_argument("--batch", type=int, default=2, help="batch size for whole models")
@@ -74,7 +77,7 @@ def main(argv=None):
     args = parse_args(argv)
     use_device(args.device)
     from model import get_model, list_models
-    names = args.arch or [n for n in list_models() if n.startswith("RepVGG")]
+    names = args.arch or [n for n in list_models() if n.startswith(("RepVGG", "QARepVGG"))]
     for name in names:
         get_model  # validate names before any long work
         if name not in list_models():
