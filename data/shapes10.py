@@ -32,7 +32,7 @@ def _colour(rng, lo=0, hi=255):
 
 def _contrasting(rng, background):
     """A colour at least some distance from ``background`` (random strength: hard cases too)."""
-    minimum = rng.choice([40, 90, 140], p=[0.1, 0.3, 0.6])
+    minimum = rng.choice([60, 150, 220], p=[0.05, 0.25, 0.7])
     for _ in range(50):
         c = _colour(rng)
         if np.abs(np.subtract(c, background)).sum() >= minimum:
@@ -48,7 +48,7 @@ def _background(rng, n):
     t = (np.cos(angle) * x + np.sin(angle) * y)
     t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
     img = a + (b - a) * t[..., None]
-    coarse = rng.normal(0, rng.uniform(5, 35), (4, 4, 3))
+    coarse = rng.normal(0, rng.uniform(3, 20), (4, 4, 3))
     up = np.stack([np.asarray(Image.fromarray(coarse[..., c].astype(np.float32), mode="F")
                               .resize((n, n), Image.BICUBIC)) for c in range(3)], -1)
     return np.clip(img + up, 0, 255)
@@ -62,7 +62,7 @@ def _rotated(points, centre, angle):
 
 
 def _draw_shape(draw, label, rng, n, colour):
-    r = rng.uniform(0.16, 0.34) * n  # half-size
+    r = rng.uniform(0.22, 0.38) * n  # half-size
     cx, cy = rng.uniform(r + 1, n - r - 1, 2)
     tilt = math.radians(rng.uniform(-15, 15))
     if label == 0:  # disc
@@ -115,7 +115,7 @@ def render(label, rng):
     image = Image.fromarray(bg.astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(image)
     mean_bg = tuple(int(v) for v in bg.reshape(-1, 3).mean(0))
-    for _ in range(int(rng.integers(0, 4))):  # clutter blobs
+    for _ in range(int(rng.integers(0, 3))):  # clutter blobs
         s = rng.uniform(0.03, 0.08) * n
         x, y = rng.uniform(0, n, 2)
         draw.ellipse([x - s, y - s, x + s, y + s], fill=_colour(rng))
@@ -124,7 +124,7 @@ def render(label, rng):
     if rng.uniform() < 0.3:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
     x = np.asarray(image, float)
-    sigma = rng.choice([4.0, 12.0, 30.0], p=[0.5, 0.4, 0.1])
+    sigma = rng.choice([3.0, 8.0, 25.0], p=[0.6, 0.35, 0.05])
     x = x + rng.normal(0, sigma, x.shape)
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
