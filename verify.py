@@ -28,12 +28,15 @@ from model.parity import (DEFAULT_TOLERANCE, calibration_inputs, check_parity, f
 
 def block_cases():
     """(name, kwargs) for RepVGGBlock: SE off/on, groups 1/2/4, stride 1/2, in==out and in!=out;
-    plus RepVGGplus's post-SE block."""
+    plus RepVGGplus's post-SE block and QARepVGG blocks (qa=True)."""
     for use_se, groups, stride, (cin, cout) in itertools.product(
             (False, True), (1, 2, 4), (1, 2), ((16, 16), (8, 16))):
         name = "block c%d->%d s%d g%d%s" % (cin, cout, stride, groups, " se" if use_se else "")
         yield name, dict(in_channels=cin, out_channels=cout, stride=stride, groups=groups,
                          use_se=use_se)
+    for groups, stride, (cin, cout) in itertools.product((1, 2), (1, 2), ((16, 16), (8, 16))):
+        yield ("block c%d->%d s%d g%d qa" % (cin, cout, stride, groups),
+               dict(in_channels=cin, out_channels=cout, stride=stride, groups=groups, qa=True))
     for stride in (1, 2):
         yield ("block c16->16 s%d g1 post-se" % stride,
                dict(in_channels=16, out_channels=16, stride=stride, use_se=True,
@@ -60,7 +63,8 @@ def parse_args(argv):
     from model import list_models
     p = cli.ArgumentParser(__doc__)
     p.add_argument("--arch", action="append", metavar="NAME",
-                   help="model to check (repeatable; default: every registered RepVGG model). "
+                   help="model to check (repeatable; default: every registered RepVGG and QARepVGG "
+                        "model). "
                         "Known: " + ", ".join(list_models()))
     p.add_argument("--size", type=cli.integer(min=32, max=1024), default=224,
                    help="input resolution for whole models, 32 or more (five stride-2 stages)")
@@ -86,7 +90,7 @@ def main(argv=None):
     from model import list_models
     from model.registry import check_name
     names = [check_name(n) for n in args.arch] if args.arch else [
-        n for n in list_models() if n.startswith("RepVGG")]
+        n for n in list_models() if n.startswith(("RepVGG", "QARepVGG"))]
     rng = np.random.default_rng(args.seed)
     print("tolerance: max |train - deploy| <= %.1e x max |train|" % args.tol)
     cases = []

@@ -36,9 +36,12 @@ def bn_scale_shift(bn):
     return t, beta - mean * t
 
 
-def fuse_bn(kernel, bn):
-    """Fold ``bn`` into the bias-free conv ``kernel``: returns ``(kernel', bias)``, bias 1-D."""
+def fuse_bn(kernel, bn, bias=None):
+    """Fold ``bn`` into the conv ``kernel`` (with 1-D ``bias``, or none): returns
+    ``(kernel', bias')``, bias' 1-D. ``BN(conv_K(x) + b) = conv_{K*t}(x) + (t*b + shift)``."""
     t, shift = bn_scale_shift(bn)
+    if bias is not None:
+        shift = shift + bias * t
     return kernel * _per_out_channel(t, kernel), shift
 
 

@@ -2,6 +2,12 @@
 
 Train form: each block sums a 3x3 conv-BN, a 1x1 conv-BN and (when shapes allow) an identity BN.
 Deploy form: each block is one 3x3 conv with bias, obtained by ``switch_to_deploy``.
+
+QARepVGG (Chu et al. 2022, "Make RepVGG Greater Again: A Quantization-aware Approach") is the
+same block with ``qa=True``: the 1x1 branch is a bare bias-free conv, the identity branch has no
+BN, and one BN follows the sum ("post-BN"). Its fused kernel has no per-branch BN scales pulling
+channel ranges apart, which is what makes the fused weights quantize well. The variants
+``QARepVGG-A0`` ... are registered from the same table as ``RepVGG-A0`` ...
 """
 import functools
 
@@ -19,10 +25,15 @@ class RepVGGBlock(M.Module):
     ``use_se`` adds squeeze-and-excitation: before the ReLU with reduction 16 as in RepVGG-D2se
     (attribute ``se``), or after it with ``se_after_relu=True`` as RepVGGplus does (attribute
     ``post_se``, reduction given by ``se_reduction``).
+
+    ``qa=True`` makes it a QARepVGG block: ``rbr_1x1`` is a bias-free ``Conv2d`` (no BN),
+    ``rbr_identity`` an ``M.Identity`` (no BN, no parameters), and ``bn`` a BatchNorm after the
+    sum of the branches (before SE and ReLU). It fuses into the same single 3x3 conv.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=1, dilation=1,
-                 groups=1, deploy=False, use_se=False, se_after_relu=False, se_reduction=16):
+                 groups=1, deploy=False, use_se=False, se_after_relu=False, se_reduction=16,
+                 qa=False):
         super().__init__()
         if kernel_size != 3:
             raise ValueError("RepVGGBlock fuses into a 3x3 conv; kernel_size must be 3")
@@ -36,6 +47,7 @@ class RepVGGBlock(M.Module):
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.deploy = deploy
         self.se_after_relu = se_after_relu
+        self.qa = qa
 
         se = SEBlock(out_channels, out_channels // se_reduction) if use_se else M.Identity()
         if se_after_relu:
@@ -47,11 +59,17 @@ class RepVGGBlock(M.Module):
             self.rbr_reparam = self._fused_conv()
         else:
             has_identity = in_channels == out_channels and stride == 1
-            self.rbr_identity = M.BatchNorm2d(in_channels) if has_identity else None
             self.rbr_dense = ConvBn(in_channels, out_channels, 3, stride, padding, dilation, groups)
             # The 1x1 branch samples the centre tap of every 3x3 window.
-            self.rbr_1x1 = ConvBn(in_channels, out_channels, 1, stride, padding - dilation,
-                                  groups=groups)
+            if qa:
+                self.rbr_identity = M.Identity() if has_identity else None
+                self.rbr_1x1 = M.Conv2d(in_channels, out_channels, 1, stride=stride,
+                                        padding=padding - dilation, groups=groups, bias=False)
+                self.bn = M.BatchNorm2d(out_channels)
+            else:
+                self.rbr_identity = M.BatchNorm2d(in_channels) if has_identity else None
+                self.rbr_1x1 = ConvBn(in_channels, out_channels, 1, stride, padding - dilation,
+                                      groups=groups)
 
     def _fused_conv(self):
         return M.Conv2d(self.in_channels, self.out_channels, 3, stride=self.stride,
@@ -65,6 +83,8 @@ class RepVGGBlock(M.Module):
             out = self.rbr_dense(x) + self.rbr_1x1(x)
             if self.rbr_identity is not None:
                 out = out + self.rbr_identity(x)
+            if self.qa:
+                out = self.bn(out)
         if self.se_after_relu:
             return self.post_se(F.relu(out))
         return F.relu(self.se(out))
@@ -75,6 +95,11 @@ class RepVGGBlock(M.Module):
         Differentiable: usable for regularizers or quantization, not only for deployment.
         """
         kernel, bias = reparam.fuse_bn(self.rbr_dense.conv.weight, self.rbr_dense.bn)
+        if self.qa:  # bare 1x1 and identity kernels, then the post-BN over the sum
+            kernel = kernel + reparam.pad_to(self.rbr_1x1.weight, 3)
+            if self.rbr_identity is not None:
+                kernel = kernel + reparam.identity_kernel(self.in_channels, self.groups)
+            return reparam.fuse_bn(kernel, self.bn, bias)
         k1, b1 = reparam.fuse_bn(self.rbr_1x1.conv.weight, self.rbr_1x1.bn)
         kernel, bias = kernel + reparam.pad_to(k1, 3), bias + b1
         if self.rbr_identity is not None:
@@ -93,6 +118,8 @@ class RepVGGBlock(M.Module):
         fused.bias[...] = bias.detach().reshape(fused.bias.shape)
         self.rbr_reparam = fused
         del self.rbr_dense, self.rbr_1x1, self.rbr_identity
+        if self.qa:
+            del self.bn
         self.deploy = True
 
     def get_custom_L2(self):
@@ -100,10 +127,16 @@ class RepVGGBlock(M.Module):
 
         The 3x3 kernel's border is decayed as usual; its centre and the 1x1 kernel are decayed
         through their BN-scaled sum, normalised by the BN scales (which are treated as constants).
+        A QARepVGG block's 1x1 branch has no BN: its scale is 1 (Chu et al. train without this
+        term; it is defined so that ``--custwd`` still runs).
         """
-        k3, k1 = self.rbr_dense.conv.weight, self.rbr_1x1.conv.weight
+        k3 = self.rbr_dense.conv.weight
         t3, _ = reparam.bn_scale_shift(self.rbr_dense.bn)
-        t1, _ = reparam.bn_scale_shift(self.rbr_1x1.bn)
+        if self.qa:
+            k1, t1 = self.rbr_1x1.weight, F.ones_like(t3)
+        else:
+            k1 = self.rbr_1x1.conv.weight
+            t1, _ = reparam.bn_scale_shift(self.rbr_1x1.bn)
         t3 = reparam._per_out_channel(t3.detach(), k3)
         t1 = reparam._per_out_channel(t1.detach(), k1)
         centre = k3[..., 1:2, 1:2]
@@ -122,11 +155,12 @@ def stage_widths(width_multiplier):
 class RepVGG(M.Module):
     """stage0 (one stride-2 block) and four stages of blocks, global pool, linear classifier.
 
-    ``override_groups_map`` maps a block's index (1 = first block after stage0) to its groups.
+    ``override_groups_map`` maps a block's index (1 = first block after stage0) to its groups;
+    ``qa=True`` builds QARepVGG blocks (see ``RepVGGBlock``).
     """
 
     def __init__(self, num_blocks, num_classes=1000, width_multiplier=(1, 1, 1, 1),
-                 override_groups_map=None, deploy=False, use_se=False):
+                 override_groups_map=None, deploy=False, use_se=False, qa=False):
         super().__init__()
         if len(num_blocks) != 4 or len(width_multiplier) != 4:
             raise ValueError("num_blocks and width_multiplier need one entry per stage (4)")
@@ -135,7 +169,7 @@ class RepVGG(M.Module):
             raise ValueError("stage0 (block 0) cannot be grouped: its input has 3 channels")
         self.deploy = deploy
         widths = stage_widths(width_multiplier)
-        block = functools.partial(RepVGGBlock, deploy=deploy, use_se=use_se)
+        block = functools.partial(RepVGGBlock, deploy=deploy, use_se=use_se, qa=qa)
         self.stage0 = block(3, widths[0], stride=2)
         in_planes, index = widths[0], 1
         for stage, (planes, n) in enumerate(zip(widths[1:], num_blocks), start=1):
@@ -187,10 +221,13 @@ REPVGG_VARIANTS = {
 }
 
 
-def _build(num_blocks, width_multiplier, groups, use_se, deploy=False, num_classes=1000):
+def _build(num_blocks, width_multiplier, groups, use_se, deploy=False, num_classes=1000,
+           qa=False):
     groups_map = {layer: groups for layer in GROUPWISE_LAYERS} if groups > 1 else None
-    return RepVGG(num_blocks, num_classes, width_multiplier, groups_map, deploy, use_se)
+    return RepVGG(num_blocks, num_classes, width_multiplier, groups_map, deploy, use_se, qa)
 
 
+# Every variant twice: RepVGG-X, and QARepVGG-X with the quantization-friendly block.
 for _name, _spec in REPVGG_VARIANTS.items():
     register_model(_name, functools.partial(_build, *_spec))
+    register_model("QA" + _name, functools.partial(_build, *_spec, qa=True))

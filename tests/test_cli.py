@@ -14,9 +14,10 @@ def test_verify_passes_blocks_and_a_model():
     proc = run_tool("verify.py", "--arch", "RepVGG-A0", "--arch", "RepVGG-B1g2", "--size", "64")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = [l for l in proc.stdout.splitlines() if "max|d|" in l]
-    assert len(rows) == 26 + 2 and all(r.endswith("ok") for r in rows)
-    assert "g4 se" in proc.stdout and "RepVGG-B1g2" in proc.stdout
-    assert "28/28 cases within tolerance" in proc.stdout
+    # 24 RepVGG blocks + 2 post-SE blocks + 8 QARepVGG blocks, and the two models
+    assert len(rows) == 34 + 2 and all(r.endswith("ok") for r in rows)
+    assert "g4 se" in proc.stdout and "g2 qa" in proc.stdout and "RepVGG-B1g2" in proc.stdout
+    assert "36/36 cases within tolerance" in proc.stdout
 
 
 def test_verify_fails_when_tolerance_is_exceeded():

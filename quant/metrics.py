@@ -1,0 +1,43 @@
+"""How close int8 logits are to float logits: top-1 agreement and signal-to-quantization-noise
+ratio, plus top-1 accuracy when labels are known."""
+import dataclasses
+
+import numpy as np
+
+
+def sqnr_db(reference, quantized):
+    """``10 log10(sum(ref^2) / sum((ref - q)^2))`` over all logits (inf when equal)."""
+    ref = np.asarray(reference, np.float64)
+    noise = float(((ref - np.asarray(quantized, np.float64)) ** 2).sum())
+    signal = float((ref ** 2).sum())
+    if noise == 0:
+        return float("inf")
+    return 10.0 * np.log10(signal / noise)
+
+
+@dataclasses.dataclass
+class Agreement:
+    images: int
+    top1_agreement: float        # fraction of images with the same argmax
+    sqnr_db: float
+    float_top1: float = None     # accuracy (fraction) against labels, when known
+    int8_top1: float = None
+
+    def describe(self, name="int8", reference="float"):
+        text = "%s vs %s on %d images: top-1 agreement %.2f%%, logit SQNR %.1f dB" % (
+            name, reference, self.images, 100 * self.top1_agreement, self.sqnr_db)
+        if self.float_top1 is not None:
+            text += "; top-1 %s %.2f%%, int8 %.2f%% (%+.2f points)" % (
+                reference, 100 * self.float_top1, 100 * self.int8_top1,
+                100 * (self.int8_top1 - self.float_top1))
+        return text
+
+
+def agreement(float_logits, int8_logits, labels=None):
+    a, b = np.asarray(float_logits), np.asarray(int8_logits)
+    result = Agreement(len(a), float(np.mean(a.argmax(1) == b.argmax(1))), sqnr_db(a, b))
+    if labels is not None:
+        labels = np.asarray(labels)
+        result.float_top1 = float(np.mean(a.argmax(1) == labels))
+        result.int8_top1 = float(np.mean(b.argmax(1) == labels))
+    return result
