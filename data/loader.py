@@ -4,7 +4,20 @@ Determinism: the sampler draws the epoch's order from ``(seed, epoch)`` and give
 its own augmentation seed, so batch *k* of epoch *e* is the same whatever the number of worker
 processes and after a resume. Sharding for data-parallel training is MegEngine's
 ``MapSampler.scatter``: rank *r* of *W* takes every W-th index of the (padded) epoch order.
+
+Quiet workers: MegEngine forks its worker processes when a loader is iterated, and at every
+fork its CUDA probe prints a banner and "failed to load cuda func" lines (on a machine without
+CUDA), the forked workers print numpy's subnormal notes and Plasma deprecation warnings, and on
+Ctrl-C each worker prints a KeyboardInterrupt traceback. Workers report everything through
+MegEngine's result queue (an exception in a worker is re-raised in the main process), so while
+``Loader`` starts its workers, stderr is pointed at /dev/null across the fork and the workers
+keep it that way and ignore SIGINT (the main process handles Ctrl-C and stops them).
 """
+import contextlib
+import os
+import signal
+import warnings
+
 import numpy as np
 from PIL import Image
 
@@ -16,6 +29,63 @@ from .images import UnreadableImage
 from .sources import DataError
 
 NOTHING_READABLE = -2  # the ``skipped`` value of a sample drawn from a source with no readable image
+
+
+_QUIET = {"on": False, "saved": None}
+
+
+def _before_fork():
+    if _QUIET["on"]:
+        _QUIET["saved"] = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+
+
+def _after_fork_in_parent():
+    if _QUIET["saved"] is not None:
+        os.dup2(_QUIET["saved"], 2)
+        os.close(_QUIET["saved"])
+        _QUIET["saved"] = None
+
+
+def _after_fork_in_child():
+    if _QUIET["saved"] is not None:  # a loader worker: stderr stays /dev/null
+        os.close(_QUIET["saved"])
+        _QUIET["saved"] = None
+        _QUIET["on"] = False
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
+
+
+@contextlib.contextmanager
+def quiet_forks():
+    """Processes forked inside this block start with stderr on /dev/null and ignore SIGINT."""
+    _QUIET["on"] = True
+    try:
+        yield
+    finally:
+        _QUIET["on"] = False
+
+
+class Loader:
+    """A ``DataLoader`` whose worker processes start quietly (see the module docstring)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        if loader.num_workers:
+            warnings.filterwarnings("ignore", message="Plasma is deprecated",
+                                    category=DeprecationWarning)
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        with quiet_forks():
+            return iter(self.loader)
 
 
 class EpochSampler(MapSampler):
@@ -107,5 +177,5 @@ def make_loader(source, transform, batch_size, shuffle, seed=0, workers=0, world
     dataset = TransformedDataset(source, transform)
     sampler = EpochSampler(dataset, batch_size, shuffle, seed=seed, drop_last=drop_last,
                            world_size=world_size, rank=rank)
-    return CheckedLoader(DataLoader(dataset, sampler=sampler, num_workers=workers),
+    return CheckedLoader(Loader(DataLoader(dataset, sampler=sampler, num_workers=workers)),
                          source), sampler

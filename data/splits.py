@@ -7,9 +7,11 @@ cifar10/100  the CIFAR python-pickle files in a local folder; shift + flip, like
 imagenet  an ImageNet-style folder with train/ and val/; the official recipe's random resized
           crop + flip, and resize + centre crop for evaluation.
 """
+import os
 from dataclasses import dataclass
 
 from . import transforms as T
+from .cifar import LAYOUT as CIFAR_LAYOUT
 from .sources import ArraySource, DataError
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet")
@@ -24,17 +26,32 @@ class Splits:
     eval_transform: object
 
 
+def detect_dataset(root):
+    """The data set a ``--data`` folder holds: digits without one, cifar10 / cifar100 when it is
+    (or contains) CIFAR's python-batch folder, imagenet (an image folder) otherwise."""
+    if not root:
+        return "digits"
+    for dataset, (sub, train_files, _, _, meta, _) in CIFAR_LAYOUT.items():
+        for folder in (root, os.path.join(root, sub)):
+            if os.path.isfile(os.path.join(folder, train_files[0])) and (
+                    dataset == "cifar10" or os.path.isfile(os.path.join(folder, meta))):
+                return dataset
+    return "imagenet"
+
+
 def eval_transform(dataset, image_size):
     return T.imagenet_eval(image_size) if dataset == "imagenet" else T.small_eval(image_size)
 
 
-def load_splits(dataset, root, image_size, seed=0):
+def load_splits(dataset, root, image_size, seed=0, eval_size=None, augment=None):
+    """The splits and their transforms; ``eval_size`` (default ``image_size``) for evaluation,
+    ``augment`` an extra training-image policy ``t(image, rng)`` (``data.augment``)."""
     if dataset == "digits":
         from .digits import load_digits
         train, val, classes = load_digits(image_size=image_size, seed=seed)
         train = ArraySource(train.images, train.labels, classes, "digits train split")
         val = ArraySource(val.images, val.labels, classes, "digits val split")
-        train_tf = T.small_train(image_size, flip=False)
+        train_tf = T.small_train(image_size, flip=False, augment=augment)
     elif dataset in ("cifar10", "cifar100"):
         if not root:
             raise DataError("--dataset %s needs --data DIR (the folder with CIFAR's python "
@@ -42,31 +59,18 @@ def load_splits(dataset, root, image_size, seed=0):
         from .cifar import load_cifar
         train, val = load_cifar(root, dataset)
         classes = train.classes
-        train_tf = T.small_train(image_size, flip=True)
+        train_tf = T.small_train(image_size, flip=True, augment=augment)
     elif dataset == "imagenet":
         if not root:
             raise DataError("--dataset imagenet needs --data DIR (with train/ and val/)")
         from .imagefolder import load_image_folder
         train, val = load_image_folder(root)
         classes = train.classes
-        train_tf = T.imagenet_train(image_size)
+        train_tf = T.imagenet_train(image_size, augment=augment)
     else:
         raise DataError("unknown dataset %r; known: %s" % (dataset, ", ".join(DATASETS)))
-    return Splits(train, val, tuple(classes), train_tf, eval_transform(dataset, image_size))
-
-
-def detect_dataset(root):
-    """The data set a ``--data`` folder holds: cifar10 for CIFAR-10's python batches (the
-    folder itself or its ``cifar-10-batches-py``), imagenet (train/ and val/ folders) otherwise;
-    digits without a folder."""
-    import os
-
-    if not root:
-        return "digits"
-    if os.path.isfile(os.path.join(root, "data_batch_1")) or os.path.isdir(
-            os.path.join(root, "cifar-10-batches-py")):
-        return "cifar10"
-    return "imagenet"
+    return Splits(train, val, tuple(classes), train_tf,
+                  eval_transform(dataset, eval_size or image_size))
 
 
 def default_image_size(dataset):

@@ -125,9 +125,11 @@ class Preprocess:
         return P.prepare(image, self.spec)
 
 
-def imagenet_train(size):
-    """The official recipe's training augmentation: random resized crop, flip, normalise."""
-    return Compose([RandomResizedCrop(size), RandomHorizontalFlip(), ToCHW()])
+def imagenet_train(size, augment=None):
+    """The official recipe's training augmentation: random resized crop, flip, then the
+    optional ``augment`` (AutoAugment / RandAugment, ``data.augment``), normalise."""
+    return Compose([RandomResizedCrop(size), RandomHorizontalFlip()]
+                   + ([augment] if augment else []) + [ToCHW()])
 
 
 def imagenet_eval(size):
@@ -135,13 +137,15 @@ def imagenet_eval(size):
     return Preprocess(P.imagenet_spec(size))
 
 
-def small_train(size, flip=True, pad=None):
+def small_train(size, flip=True, pad=None, augment=None):
     """For small low-resolution images (CIFAR, digits): shift by up to size/8 pixels, optional
-    flip, normalise to [-1, 1]. Images not already ``size`` x ``size`` are resized (shorter
-    side) and centre-cropped first."""
+    flip, the optional ``augment`` policy, normalise to [-1, 1]. Images not already ``size`` x
+    ``size`` are resized (shorter side) and centre-cropped first."""
     steps = [Resize(size), CenterCrop(size), RandomShift(pad if pad is not None else max(1, size // 8))]
     if flip:
         steps.append(RandomHorizontalFlip())
+    if augment:
+        steps.append(augment)
     return Compose(steps + [ToCHW((0.5,) * 3, (0.5,) * 3)])
 
 

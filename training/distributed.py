@@ -32,14 +32,18 @@ def shard_indices(n, world_size, rank):
     return padded[rank::world_size]
 
 
-def check_gpus(ngpus):
-    """Refuse --ngpus N > 1 (or a GPU device) when there are fewer than N usable GPUs."""
+def check_gpus(ngpus, machines=1):
+    """Refuse data-parallel training when this machine has fewer than ``ngpus`` usable GPUs."""
     from common.device import cuda_available
     import megengine as mge
     have = mge.get_device_count("gpu") if cuda_available() else 0
     if have < ngpus:
-        raise UserError("--ngpus %d needs %d CUDA GPUs, but %d %s usable here"
-                        % (ngpus, ngpus, have, "is" if have == 1 else "are"))
+        what = ("--ngpus %d" % ngpus if machines == 1 else
+                "--world-size %d with --ngpus %d" % (machines, ngpus))
+        raise UserError("data-parallel training (%s) needs %d CUDA GPU%s on this machine, but "
+                        "%s usable here" % (what, ngpus, "" if ngpus == 1 else "s",
+                                            "none is" if have == 0 else "only %d %s" % (
+                                                have, "is" if have == 1 else "are")))
 
 
 def launch(worker, ngpus, machines, machine_rank, addr, port, *args):

@@ -1,28 +1,13 @@
-"""Records of a run: the log file, per-epoch metrics as CSV, and a PNG of the curves."""
+"""Records of a run: per-epoch metrics as CSV, and a PNG of the curves (rewritten every epoch,
+so an interrupted run has one)."""
 import csv
-import logging
 import os
 
 from common.atomic import atomic_write
 
 FIELDS = ("epoch", "step", "lr", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5",
-          "train_images_per_s", "epoch_seconds", "skipped_images")
-
-log = logging.getLogger("train")
-
-
-def setup_logging(path):
-    """Log to ``path`` (appending, so a resumed run keeps its history) and to stderr."""
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    for h in list(log.handlers):
-        log.removeHandler(h)
-        h.close()
-    fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    for handler in (logging.FileHandler(path), logging.StreamHandler()):
-        handler.setFormatter(fmt)
-        log.addHandler(handler)
-    return log
+          "ema_val_loss", "ema_val_acc1", "ema_val_acc5", "train_images_per_s", "epoch_seconds",
+          "skipped_images")
 
 
 def read_rows(path):
@@ -52,32 +37,40 @@ class MetricsCSV:
             csv.DictWriter(f, FIELDS).writerow({k: row.get(k, "") for k in FIELDS})
 
 
-def plot_curves(csv_path, png_path, title=""):
-    """Loss and top-1 accuracy per epoch (train and val) side by side."""
+def plot_curves(csv_path, png_path, title="", num_classes=None):
+    """Loss (log scale) and accuracy per epoch (train, val, and the EMA's val when recorded)
+    side by side, integer epoch ticks; val top-5 only when there are more than 5 classes."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = read_rows(csv_path)
     epochs = [int(r["epoch"]) for r in rows]
 
     def col(name):
-        return [float(r[name]) for r in rows]
+        return [float(r[name]) if r.get(name) not in (None, "") else float("nan") for r in rows]
 
+    has_ema = any(r.get("ema_val_acc1") for r in rows)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, col("train_loss"), "o-", label="train")
     ax_loss.plot(epochs, col("val_loss"), "s-", label="val")
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("loss")
-    ax_loss.legend()
+    if has_ema:
+        ax_loss.plot(epochs, col("ema_val_loss"), "d--", label="val (EMA)")
+    ax_loss.set_yscale("log")
+    ax_loss.set_ylabel("loss (log scale)")
     ax_acc.plot(epochs, col("train_acc1"), "o-", label="train top-1")
     ax_acc.plot(epochs, col("val_acc1"), "s-", label="val top-1")
-    ax_acc.plot(epochs, col("val_acc5"), "^-", label="val top-5")
-    ax_acc.set_xlabel("epoch")
+    if num_classes is None or num_classes > 5:
+        ax_acc.plot(epochs, col("val_acc5"), "^-", label="val top-5")
+    if has_ema:
+        ax_acc.plot(epochs, col("ema_val_acc1"), "d--", label="val top-1 (EMA)")
     ax_acc.set_ylabel("accuracy (%)")
-    ax_acc.legend()
     for ax in (ax_loss, ax_acc):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
+        ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
     with atomic_write(png_path) as f:
