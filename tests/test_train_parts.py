@@ -143,3 +143,103 @@ def test_fast_conv_weight_gradient_equals_megengine_own(rng):
             x.grad = None
         for a, b in zip(*grads):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(a).max())
+
+
+# -- configuration, recipes ----------------------------------------------------------------
+
+def _config(*argv):
+    import train
+    return train.parse_config(list(argv))
+
+
+def test_recipe_precedence_dataset_then_recipe_then_flags():
+    from training.recipe import DATASET_DEFAULTS, RECIPES
+    config, _ = _config()
+    assert (config.dataset, config.epochs, config.lr) == ("digits", 8, 0.02)
+    config, _ = _config("--recipe", "table5")
+    for key, value in RECIPES["table5"].items():
+        assert getattr(config, key) == value, key
+    assert config.workers == DATASET_DEFAULTS["digits"]["workers"]  # not a recipe knob
+    config, _ = _config("--recipe", "table5", "--lr", "0.05", "--aa", "none")
+    assert (config.lr, config.aa, config.mixup) == (0.05, "none", 0.2)
+
+
+def test_official_recipe_values():
+    """Spot checks against the official sources quoted in training/recipe.py."""
+    from training.recipe import RECIPES
+    l2 = RECIPES["l2pse"]  # README.md:120 --opts of RepVGGplus-L2pse
+    assert (l2["epochs"], l2["lr"], l2["weight_decay"], l2["warmup_epochs"],
+            l2["label_smoothing"], l2["aa"], l2["mixup"], l2["image_size"],
+            l2["eval_image_size"]) == (300, 0.1, 4e-5, 5, 0.1, "raug15", 0.2, 256, 320)
+    t4 = RECIPES["table4"]  # the original train.py: 120 epochs, cosine, no smoothing
+    assert (t4["epochs"], t4["warmup_epochs"], t4["label_smoothing"], t4["mixup"]) == \
+        (120, 0, 0.0, 0.0)
+    assert RECIPES["table5"]["epochs"] == 200 and RECIPES["d2se"]["eval_image_size"] == 320
+
+
+def test_saved_config_round_trips_and_resume_compares_declared_fields():
+    import dataclasses
+    from training.config import TrainConfig, resume_fields
+    from training.state import changed_settings
+    config, _ = _config("--recipe", "l2pse")
+    saved = dataclasses.asdict(config)
+    assert TrainConfig(**saved) == config
+    assert changed_settings(saved, config) == []
+    assert changed_settings(saved, config.replace(mixup=0.4)) == ["mixup 0.2 -> 0.4"]
+    assert changed_settings(saved, config.replace(workers=3, device="cpu")) == []
+    assert {"lr", "epochs", "aa", "mixup", "ema_alpha", "arch"} <= set(resume_fields())
+
+
+# -- the loss -------------------------------------------------------------------------------
+
+def test_criterion_weights_auxiliary_heads_and_takes_soft_targets(rng):
+    import megengine.functional as F
+    from training.criterion import Criterion
+    logits = {k: rng.normal(0, 1, (4, 6)).astype(np.float32)
+              for k in ("main", "stage1_aux", "stage2_aux")}
+    labels = np.array([0, 5, 2, 2], np.int32)
+
+    def ce(x, y, s=0.0):  # smoothed cross-entropy computed here in numpy
+        z = x - x.max(1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+        t = np.full_like(logp, s / x.shape[1])
+        t[np.arange(len(y)), y] += 1 - s
+        return float(-(t * logp).sum(1).mean())
+
+    loss, main = Criterion(0.1)(None, {k: mge.tensor(v) for k, v in logits.items()},
+                                mge.tensor(labels))
+    want = ce(logits["main"], labels, 0.1) + 0.1 * (ce(logits["stage1_aux"], labels, 0.1)
+                                                     + ce(logits["stage2_aux"], labels, 0.1))
+    np.testing.assert_allclose(float(loss.numpy()), want, rtol=1e-5)
+    np.testing.assert_array_equal(main.numpy(), logits["main"])
+    soft = np.full((4, 6), 0.1 / 6, np.float32)
+    soft[np.arange(4), labels] += 0.9
+    loss, _ = Criterion(0.0)(None, mge.tensor(logits["main"]), mge.tensor(soft))
+    np.testing.assert_allclose(float(loss.numpy()), ce(logits["main"], labels, 0.1), rtol=1e-5)
+
+
+# -- curves ---------------------------------------------------------------------------------
+
+def _rows(n, with_ema=False):
+    return [dict(epoch=str(e), train_loss=str(2.0 / e), val_loss=str(1e5 / e ** 3),
+                 train_acc1="50", val_acc1="40", val_acc5="90",
+                 ema_val_acc1="45" if with_ema else "", ema_val_loss="1" if with_ema else "")
+            for e in range(1, n + 1)]
+
+
+def test_curves_log_loss_integer_epochs_top5_only_beyond_5_classes():
+    import matplotlib.pyplot as plt
+    from training.metrics import curves_figure
+    fig = curves_figure(_rows(2), "RepVGG-A0 on digits", num_classes=3)
+    loss_ax, acc_ax = fig.axes[:2]
+    assert loss_ax.get_yscale() == "log"
+    ticks = [t for t in loss_ax.get_xticks() if 1 <= t <= 2]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    labels = [line.get_label() for line in acc_ax.get_lines()]
+    assert "val top-5" not in labels and "val top-1" in labels
+    assert "digits" in fig._suptitle.get_text()
+    plt.close(fig)
+    fig = curves_figure(_rows(3, with_ema=True), "x", num_classes=10)
+    labels = [line.get_label() for line in fig.axes[1].get_lines()]
+    assert "val top-5" in labels and "val top-1 (EMA)" in labels
+    plt.close(fig)

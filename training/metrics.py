@@ -38,6 +38,16 @@ class MetricsCSV:
 
 
 def plot_curves(csv_path, png_path, title="", num_classes=None):
+    """Write ``curves_figure`` of the CSV's rows to ``png_path``."""
+    fig = curves_figure(read_rows(csv_path), title, num_classes)
+    import matplotlib.pyplot as plt
+    with atomic_write(png_path) as f:
+        fig.savefig(f, dpi=100, format="png")
+    plt.close(fig)
+    return png_path
+
+
+def curves_figure(rows, title="", num_classes=None):
     """Loss (log scale) and accuracy per epoch (train, val, and the EMA's val when recorded)
     side by side, integer epoch ticks; val top-5 only when there are more than 5 classes."""
     import matplotlib
@@ -45,7 +55,6 @@ def plot_curves(csv_path, png_path, title="", num_classes=None):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    rows = read_rows(csv_path)
     epochs = [int(r["epoch"]) for r in rows]
 
     def col(name):
@@ -73,7 +82,4 @@ def plot_curves(csv_path, png_path, title="", num_classes=None):
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_write(png_path) as f:
-        fig.savefig(f, dpi=100, format="png")
-    plt.close(fig)
-    return png_path
+    return fig
