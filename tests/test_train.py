@@ -1,5 +1,6 @@
 """train.py end to end on the built-in digits: learning, files, deploy parity, kill + resume."""
 import csv
+import glob
 import os
 import signal
 import subprocess
@@ -84,13 +85,23 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     while not os.path.exists(latest) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
-    time.sleep(1.0)  # into the second epoch
+    # kill while the second epoch's latest.pkl is being written, if the poll catches it
+    deadline = time.time() + 60
+    while (not glob.glob(os.path.join(killed, ".latest.pkl.*.tmp")) and proc.poll() is None
+           and time.time() < deadline):
+        time.sleep(0.002)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     state = load_checkpoint(latest)  # whatever is there is a complete checkpoint
     assert state["epoch"] < 3
-    # (a kill during a save may leave the writer's *.tmp file behind; latest.pkl itself is
-    # always complete, which the load above checks)
+    # A kill during a save leaves the writer's temp file; the resumed run's first save of the
+    # same file removes it (common/atomic.py). If this kill missed the save, leave one as a
+    # killed writer would (its pid is dead).
+    if not glob.glob(os.path.join(killed, ".latest.pkl.*.tmp")):
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        with open(os.path.join(killed, ".latest.pkl.%d.tmp" % dead.pid), "wb") as f:
+            f.write(b"half a checkpoint")
 
     resumed = subprocess.run(_train_cmd(killed, extra=["--resume"]), cwd=ROOT,
                              capture_output=True, text=True)
@@ -100,6 +111,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     b = load_checkpoint(latest)
     assert a["step"] == b["step"] == 12
     assert [r["step"] for r in rows(killed)] == ["4", "8", "12"]
+    assert not glob.glob(os.path.join(killed, ".*.tmp")), os.listdir(killed)
     # Deterministic on CPU: the same weights, bit for bit.
     for k, v in a["state_dict"].items():
         np.testing.assert_array_equal(v, b["state_dict"][k], err_msg=k)
@@ -142,5 +154,118 @@ def test_nonfinite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_pa
     assert proc.returncode == 2
     msg = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
     assert len(msg) == 1 and ("loss is nan" in msg[0] or "loss is inf" in msg[0]), proc.stderr
-    assert "latest.pkl" in msg[0]
+    assert "latest.pkl" in msg[0] or "no checkpoint was written" in msg[0]
+    assert "try a lower --lr" in msg[0]
     assert "Traceback" not in proc.stderr
+
+
+# -- runs own their folder (M3), --resume picks the newest run (m13) --------------------------
+
+def _popen_in(cwd, *args):
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path, proc, seconds=300):
+    deadline = time.time() + seconds
+    while not os.path.exists(path) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert os.path.exists(path), proc.communicate()[1][-3000:] if proc.poll() is not None else path
+
+
+def test_runs_own_their_folder_and_resume_continues_the_newest(tmp_path):
+    cwd = str(tmp_path)
+    base = os.path.join(cwd, "runs", "RepVGG-A0-digits")
+    args = ["--arch", "RepVGG-A0", "--seed", "3", "--warmup-epochs", "0", *TINY]
+    first = _popen_in(cwd, *args, "--epochs", "8", "--max-steps-per-epoch", "3")
+    _wait_for(os.path.join(base, ".lock"), first)
+    # the default folder is in use: a second run goes to -2 ...
+    second = _popen_in(cwd, *args, "--epochs", "1", "--max-steps-per-epoch", "1")
+    _, err = second.communicate(timeout=600)
+    assert second.returncode == 0, err[-3000:]
+    assert "outputs in runs/RepVGG-A0-digits-2" in err
+    assert os.path.exists(base + "-2/deploy.pkl")
+    # ... and naming the folder in use is refused with one line
+    third = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args, "--epochs",
+                            "1", "--output", base], cwd=cwd, capture_output=True, text=True)
+    assert "is in use by another run" in one_line_error(third)
+    # kill the first run once it saved after the second run: its latest.pkl is the newest,
+    # though -2 is the highest-numbered folder; its lock is left behind
+    second_saved = os.path.getmtime(base + "-2/latest.pkl")
+    deadline = time.time() + 300
+    while first.poll() is None and time.time() < deadline and not (
+            os.path.exists(base + "/latest.pkl")
+            and os.path.getmtime(base + "/latest.pkl") > second_saved):
+        time.sleep(0.05)
+    assert first.poll() is None, "the first run ended before it could be killed"
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    assert os.path.exists(os.path.join(base, ".lock"))
+    resumed = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args, "--epochs",
+                              "8", "--max-steps-per-epoch", "3", "--resume"], cwd=cwd,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from runs/RepVGG-A0-digits/latest.pkl" in resumed.stderr
+    assert not os.path.exists(os.path.join(base, ".lock"))
+
+
+# -- a failed start writes nothing (m9) ------------------------------------------------------
+
+def test_a_failed_start_leaves_no_output_folder(tmp_path, trained):
+    out = str(tmp_path / "o")
+    for extra in (["--weights", str(tmp_path / "missing.pkl")],
+                  ["--data", str(tmp_path)],  # an empty folder: no train/
+                  ["--batch-size", "4000"]):
+        proc = run_tool("train.py", "--output", out, *TINY, *extra)
+        one_line_error(proc)
+        assert not os.path.exists(out), (extra, os.listdir(out))
+
+
+def test_weights_from_a_deploy_checkpoint_are_refused_with_a_hint(tmp_path, trained):
+    run_dir, _ = trained
+    proc = run_tool("train.py", "--weights", os.path.join(run_dir, "deploy.pkl"), "--output",
+                    str(tmp_path / "o"), *TINY)
+    msg = one_line_error(proc)
+    assert "deploy-form checkpoint" in msg and "best.pkl" in msg
+    assert not os.path.exists(tmp_path / "o")
+
+
+# -- a diverged run says so (m11) -------------------------------------------------------------
+
+def test_a_diverged_run_stops_and_does_not_blame_the_conversion(tmp_path):
+    out = str(tmp_path / "o")
+    proc = run_tool("train.py", "--lr", "1000", "--warmup-epochs", "0", "--epochs", "2",
+                    "--max-steps-per-epoch", "4", "--output", out, *TINY)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+    assert len(errors) == 1 and proc.stderr.rstrip().endswith(errors[0]), proc.stderr
+    msg = errors[0]
+    assert "loss is" in msg and "diverged" in msg and "try a lower --lr" in msg
+    assert "deploy" not in msg
+    assert not os.path.exists(os.path.join(out, "deploy.pkl"))
+
+
+# -- worker processes are quiet, Ctrl-C is clean and logged (m10) ------------------------------
+
+def test_loader_workers_print_nothing_and_ctrl_c_is_clean(tmp_path):
+    out = str(tmp_path / "o")
+    proc = run_tool("train.py", "--epochs", "1", "--max-steps-per-epoch", "2", "--output", out,
+                    *TINY, "--workers", "2", "--warmup-epochs", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    noise = [l for l in proc.stderr.splitlines()
+             if not l[:4].isdigit()]  # every line is a dated log line
+    assert not noise, "\n".join(noise)
+
+    out2 = str(tmp_path / "i")
+    run = subprocess.Popen(_train_cmd(out2, epochs=50, steps=20, extra=["--workers", "2"]),
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    _wait_for(os.path.join(out2, "train.log"), run)
+    time.sleep(2.0)
+    os.killpg(run.pid, signal.SIGINT)  # what a terminal sends: the whole process group
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "exited unexpectedly" not in err, err
+    assert err.rstrip().endswith("interrupted")
+    with open(os.path.join(out2, "train.log")) as f:
+        assert "interrupted in epoch 1" in f.read()
