@@ -243,3 +243,111 @@ def test_curves_log_loss_integer_epochs_top5_only_beyond_5_classes():
     labels = [line.get_label() for line in fig.axes[1].get_lines()]
     assert "val top-5" in labels and "val top-1 (EMA)" in labels
     plt.close(fig)
+
+
+# -- arguments: one line for every bad value (m6), true help (m14) ----------------------------
+
+def _error_of(argv, capsys):
+    import pytest
+    import train
+    from common import cli
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(train.main, argv)
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert exit_.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_every_numeric_flag_is_validated_with_one_line(capsys, tmp_path):
+    out = ["--output", str(tmp_path / "o")]
+    for argv, words in (
+            (["--lr", "-0.1"], "--lr must be positive"),
+            (["--label-smoothing", "1.5"], "--label-smoothing must be in [0, 1)"),
+            (["--weight-decay", "-1"], "--weight-decay cannot be negative"),
+            (["--momentum", "5"], "--momentum must be in [0, 1)"),
+            (["--warmup-epochs", "-3"], "--warmup-epochs cannot be negative"),
+            (["--ngpus", "0"], "--ngpus must be at least 1"),
+            (["--rank", "5"], "--rank must be in 0..0 for --world-size 1"),
+            (["--mixup", "-1"], "--mixup cannot be negative"),
+            (["--ema-alpha", "2"], "--ema-alpha must be in [0, 1]"),
+            (["--mixup-prob", "1.5"], "--mixup-prob must be in [0, 1]"),
+            (["--eval-image-size", "8"], "--eval-image-size must be 0"),
+            (["--aa", "bogus"], "unknown augmentation"),
+            (["--reset-classifier"], "--reset-classifier applies to --weights"),
+            (["--world-size", "2"], "data-parallel training (--world-size 2 with --ngpus 1) "
+                                    "needs 1 CUDA GPU on this machine, but none is usable here"),
+            (["--ngpus", "2"], "needs 2 CUDA GPUs on this machine")):
+        assert words in _error_of(argv + out, capsys), argv
+    assert not (tmp_path / "o").exists()
+
+
+def test_warmup_longer_than_the_run_is_warned(capsys, tmp_path):
+    import pytest
+    import train
+    from common import cli
+    with pytest.raises(SystemExit):  # stops at the missing weights, after the warning
+        cli.run(train.main, ["--epochs", "2", "--warmup-epochs", "5", "--weights",
+                             str(tmp_path / "none.pkl"), "--output", str(tmp_path / "o")])
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("warning: --warmup-epochs 5 >= --epochs 2: the whole run is "
+                               "warm-up")
+    assert lines[1].startswith("error: checkpoint not found")
+
+
+def test_warmup_warning_text():
+    _, notes = _config("--epochs", "2", "--warmup-epochs", "5")
+    assert notes == ["--warmup-epochs 5 >= --epochs 2: the whole run is warm-up (the learning "
+                     "rate never decays)"]
+    assert _config("--epochs", "2", "--warmup-epochs", "1")[1] == []
+
+
+def test_help_texts_say_what_the_flags_do():
+    import train
+    text = " ".join(train.build_parser().format_help().split())
+    assert "--no-progress hide the progress bars" in text
+    assert "(default: True)" not in text and "(default: False)" not in text
+    assert "--amp mixed precision; needs a GPU (an error on CPU)" in text
+    assert "cifar100 when it holds CIFAR-100" in text
+    for name in ("table4", "table5", "d2se", "l2pse", "RepVGG-D2se"):
+        assert name in text
+
+
+def test_cifar100_folder_is_detected(tmp_path):
+    from data.splits import detect_dataset
+    c100 = tmp_path / "c" / "cifar-100-python"
+    c100.mkdir(parents=True)
+    (c100 / "train").write_bytes(b"")
+    (c100 / "meta").write_bytes(b"")
+    assert detect_dataset(str(c100)) == detect_dataset(str(tmp_path / "c")) == "cifar100"
+    c10 = tmp_path / "cifar-10-batches-py"
+    c10.mkdir()
+    (c10 / "data_batch_1").write_bytes(b"")
+    assert detect_dataset(str(c10)) == detect_dataset(str(tmp_path)) == "cifar10"
+    assert detect_dataset(str(tmp_path / "images")) == "imagenet"
+    assert detect_dataset(None) == "digits"
+
+
+def test_reset_classifier_keeps_the_body_and_starts_the_classifier_afresh(tmp_path):
+    from common.checkpoint import save_checkpoint
+    from errors import CheckpointError
+    from model import get_model
+    from model.checkpoint import checkpoint_dict, numpy_state_dict
+    from training.state import load_initial_weights
+    source = get_model("RepVGG-A0", num_classes=12)
+    path = str(tmp_path / "twelve.pkl")
+    save_checkpoint(checkpoint_dict(numpy_state_dict(source), "RepVGG-A0", "train"), path)
+    mge.random.seed(5)
+    target = get_model("RepVGG-A0", num_classes=3)
+    before = numpy_state_dict(target)
+    try:
+        load_initial_weights(target, path, 3)
+        raise AssertionError("a 12-class classifier loaded into a 3-class model")
+    except CheckpointError as e:
+        assert "--reset-classifier" in str(e)
+    kept = load_initial_weights(target, path, 3, reset_classifier=True)
+    assert sorted(kept) == ["linear.bias", "linear.weight"]
+    after, src = numpy_state_dict(target), numpy_state_dict(source)
+    for key in after:
+        want = before[key] if key.startswith("linear.") else src[key]
+        np.testing.assert_array_equal(after[key], want, err_msg=key)
