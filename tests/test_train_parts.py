@@ -121,7 +121,6 @@ def test_after_optimizer_step_reaches_every_submodule():
 
 
 def test_fast_conv_weight_gradient_equals_megengine_own(rng):
-    import megengine.functional as F
     import megengine.module as M
     from megengine.autodiff import GradManager
     from training import fastconv
@@ -193,7 +192,6 @@ def test_saved_config_round_trips_and_resume_compares_declared_fields():
 # -- the loss -------------------------------------------------------------------------------
 
 def test_criterion_weights_auxiliary_heads_and_takes_soft_targets(rng):
-    import megengine.functional as F
     from training.criterion import Criterion
     logits = {k: rng.normal(0, 1, (4, 6)).astype(np.float32)
               for k in ("main", "stage1_aux", "stage2_aux")}

@@ -5,8 +5,6 @@ import os
 import numpy as np
 import pytest
 
-import megengine as mge
-
 import train
 from common.checkpoint import load_checkpoint
 from data.augment import AutoAugment, OfficialRandAug

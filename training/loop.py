@@ -24,7 +24,7 @@ from model.checkpoint import arch_label, build_model, checkpoint_dict, numpy_sta
 
 from . import state as train_state
 from .criterion import Criterion
-from .evaluate import evaluate, topk_correct  # noqa: F401  (training.loop.evaluate: old name)
+from .evaluate import evaluate  # also importable as training.loop.evaluate (its old home)
 from .hooks import after_optimizer_step
 from .metrics import MetricsCSV, plot_curves
 from .optimizer import build_sgd, set_lr
