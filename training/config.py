@@ -59,8 +59,8 @@ class TrainConfig:
     output: Optional[str] = knob(None, "run folder; default: runs/<arch>-<dataset> (a new -2, "
                                  "-3 ... if that holds or is running a run; with --resume the "
                                  "one whose latest.pkl is newest)", metavar="DIR")
-    recipe: Optional[str] = knob(None, "named official recipe filling the recipe knobs (the table at "
-                                 "the end); flags given still override",
+    recipe: Optional[str] = knob(None, "named official recipe filling the recipe knobs (the "
+                                 "table at the end); flags given still override",
                                  choices=tuple(RECIPES), resume_check=True)
     # the recipe's knobs
     epochs: int = knob(None, _per_dataset("epochs", "epochs"), per_dataset=True,

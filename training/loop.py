@@ -187,27 +187,30 @@ class Trainer:
                    disable=not (self.main and config.progress), dynamic_ncols=True)
         seen = loss_sum = correct = skipped = 0
         start = time.time()
-        for i, (images, labels, bad) in enumerate(self.train_loader):
-            if i >= self.steps_per_epoch:
-                break
-            lr = lr_at(self.step, config.lr, self.total_steps, self.warmup_steps)
-            inputs, targets = self.targets(images, labels, i)
-            value, logits = self.train_step(inputs, targets, lr)
-            self.step += 1
-            if self.ema is not None:
-                decay = self.ema_schedule.decay(self.epoch, i)
-                if decay is not None:
-                    self.ema.update(model, decay)
-            n = len(labels)
-            seen += n
-            loss_sum += value * n
-            correct += int((logits.argmax(1) == labels).sum())
-            skipped += self.note_skipped(bad)
-            rate = seen * self.world_size / max(time.time() - start, 1e-9)
-            bar.set_postfix(loss="%.3f" % (loss_sum / seen), acc="%.1f%%" % (100 * correct / seen),
-                            lr="%.4f" % lr, img_s="%.1f" % rate, refresh=False)
-            bar.update(1)
-        bar.close()
+        try:  # closed also on Ctrl-C, so "interrupted" gets its own line
+            for i, (images, labels, bad) in enumerate(self.train_loader):
+                if i >= self.steps_per_epoch:
+                    break
+                lr = lr_at(self.step, config.lr, self.total_steps, self.warmup_steps)
+                inputs, targets = self.targets(images, labels, i)
+                value, logits = self.train_step(inputs, targets, lr)
+                self.step += 1
+                if self.ema is not None:
+                    decay = self.ema_schedule.decay(self.epoch, i)
+                    if decay is not None:
+                        self.ema.update(model, decay)
+                n = len(labels)
+                seen += n
+                loss_sum += value * n
+                correct += int((logits.argmax(1) == labels).sum())
+                skipped += self.note_skipped(bad)
+                rate = seen * self.world_size / max(time.time() - start, 1e-9)
+                bar.set_postfix(loss="%.3f" % (loss_sum / seen),
+                                acc="%.1f%%" % (100 * correct / seen), lr="%.4f" % lr,
+                                img_s="%.1f" % rate, refresh=False)
+                bar.update(1)
+        finally:
+            bar.close()
         seconds = time.time() - start
         return {"lr": lr, "train_loss": loss_sum / seen, "train_acc1": 100.0 * correct / seen,
                 "train_images_per_s": seen * self.world_size / seconds,

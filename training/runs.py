@@ -54,6 +54,10 @@ class RunFolder:
         except FolderInUseError:
             self._cleanup_folder(path)
             raise
+        except OSError as e:
+            self._cleanup_folder(path)
+            raise UserError("cannot write into the run folder %s (%s)"
+                            % (path, e.strerror or e)) from None
         self.lock, self.path = lock, path
         if self.resume and not os.path.isfile(os.path.join(path, LATEST)):
             raise UserError("--resume: no checkpoint at %s (nothing to resume; run without "
