@@ -349,3 +349,11 @@ def test_reset_classifier_keeps_the_body_and_starts_the_classifier_afresh(tmp_pa
     for key in after:
         want = before[key] if key.startswith("linear.") else src[key]
         np.testing.assert_array_equal(after[key], want, err_msg=key)
+
+
+def test_an_output_that_cannot_be_a_run_folder_is_one_line(capsys, tmp_path):
+    a_file = tmp_path / "metrics.csv"
+    a_file.write_text("x")
+    assert "exists and is not a folder" in _error_of(["--output", str(a_file)], capsys)
+    assert "cannot write into the run folder" in _error_of(
+        ["--output", str(a_file / "run")], capsys)

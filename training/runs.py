@@ -74,7 +74,7 @@ class RunFolder:
     def __enter__(self):
         if self.output:
             if os.path.exists(self.output) and not os.path.isdir(self.output):
-                raise UserError("--output %s is a file; name a folder" % self.output)
+                raise UserError("--output %s exists and is not a folder" % self.output)
             try:
                 self._take(self.output)
             except BaseException:
