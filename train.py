@@ -21,7 +21,7 @@ import warnings
 warnings.filterwarnings("ignore", message="The value of the smallest subnormal")
 
 from common import cli  # noqa: E402
-from training.config import add_arguments, check, from_args  # noqa: E402
+from training.config import add_arguments, arch_stem, check, from_args  # noqa: E402
 from training.recipe import recipe_table  # noqa: E402
 
 
@@ -53,10 +53,12 @@ def check_arch(arch):
 
 
 def parse_config(argv=None):
-    """``(TrainConfig, warnings)`` from the command line, validated."""
+    """``(TrainConfig, warnings, run name)`` from the command line, validated. The run name
+    (``RepVGG-A0``, or an arch.json's stem) names the default run folder; the config records a
+    searched architecture by content."""
     config = from_args(build_parser().parse_args(argv))
     notes = check(config)
-    return config.replace(arch=check_arch(config.arch)), notes
+    return config.replace(arch=check_arch(config.arch)), notes, arch_stem(config.arch)
 
 
 def run(config, out, folder=None):
@@ -109,11 +111,11 @@ def run(config, out, folder=None):
 
 
 def main(argv=None):
-    config, notes = parse_config(argv)
+    config, notes, name = parse_config(argv)
     for note in notes:
         print("warning: %s" % note, file=sys.stderr)
     from training.runs import RunFolder
-    folder = RunFolder(config.output, config.arch, config.dataset, config.resume)
+    folder = RunFolder(config.output, name, config.dataset, config.resume)
     if config.processes > 1:
         from training.distributed import check_gpus, launch
         check_gpus(config.ngpus, config.world_size)

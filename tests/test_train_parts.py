@@ -153,13 +153,13 @@ def _config(*argv):
 
 def test_recipe_precedence_dataset_then_recipe_then_flags():
     from training.recipe import DATASET_DEFAULTS, RECIPES
-    config, _ = _config()
-    assert (config.dataset, config.epochs, config.lr) == ("digits", 8, 0.02)
-    config, _ = _config("--recipe", "table5")
+    config, *_ = _config()
+    assert (config.dataset, config.epochs, config.lr) == ("digits", 10, 0.02)
+    config, *_ = _config("--recipe", "table5")
     for key, value in RECIPES["table5"].items():
         assert getattr(config, key) == value, key
     assert config.workers == DATASET_DEFAULTS["digits"]["workers"]  # not a recipe knob
-    config, _ = _config("--recipe", "table5", "--lr", "0.05", "--aa", "none")
+    config, *_ = _config("--recipe", "table5", "--lr", "0.05", "--aa", "none")
     assert (config.lr, config.aa, config.mixup) == (0.05, "none", 0.2)
 
 
@@ -180,7 +180,7 @@ def test_saved_config_round_trips_and_resume_compares_declared_fields():
     import dataclasses
     from training.config import TrainConfig, resume_fields
     from training.state import changed_settings
-    config, _ = _config("--recipe", "l2pse")
+    config, *_ = _config("--recipe", "l2pse")
     saved = dataclasses.asdict(config)
     assert TrainConfig(**saved) == config
     assert changed_settings(saved, config) == []
@@ -294,7 +294,7 @@ def test_warmup_longer_than_the_run_is_warned(capsys, tmp_path):
 
 
 def test_warmup_warning_text():
-    _, notes = _config("--epochs", "2", "--warmup-epochs", "5")
+    _, notes, _ = _config("--epochs", "2", "--warmup-epochs", "5")
     assert notes == ["--warmup-epochs 5 >= --epochs 2: the whole run is warm-up (the learning "
                      "rate never decays)"]
     assert _config("--epochs", "2", "--warmup-epochs", "1")[1] == []

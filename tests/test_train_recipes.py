@@ -21,7 +21,7 @@ SMALL = ["--image-size", "16", "--eval-image-size", "16", "--batch-size", "8", "
 
 def make_trainer(out, *argv):
     from data.augment import augment_from_name
-    config, _ = train.parse_config(list(argv))
+    config, *_ = train.parse_config(list(argv))
     splits = load_splits(config.dataset, config.data, config.image_size,
                          eval_size=config.test_size,
                          augment=augment_from_name(config.aa, image_size=config.image_size))
@@ -36,7 +36,7 @@ def transform_steps(trainer):
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_each_recipe_reaches_optimizer_loss_and_loader(tmp_path, name):
     recipe = RECIPES[name]
-    full, _ = train.parse_config(["--recipe", name])
+    full, *_ = train.parse_config(["--recipe", name])
     assert full.test_size == (recipe["eval_image_size"] or recipe["image_size"])
     t = make_trainer(tmp_path, "--recipe", name, *SMALL)
     # optimizer: decay of the decayed group, momentum, lr of the first step (warm-up or not)
