@@ -166,18 +166,33 @@ def _popen_in(cwd, *args):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(path, proc, seconds=300):
+def _wait_for(path, proc, seconds=600):
     deadline = time.time() + seconds
     while not os.path.exists(path) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    assert os.path.exists(path), proc.communicate()[1][-3000:] if proc.poll() is not None else path
+    if not os.path.exists(path):
+        if proc.poll() is None:
+            proc.kill()
+        raise AssertionError("%s not written: %s" % (path, proc.communicate()[1][-3000:]))
 
 
-def test_runs_own_their_folder_and_resume_continues_the_newest(tmp_path):
+@pytest.fixture
+def reaped():
+    """Processes a test started are killed if the test fails half-way."""
+    procs = []
+    yield procs.append
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_runs_own_their_folder_and_resume_continues_the_newest(tmp_path, reaped):
     cwd = str(tmp_path)
     base = os.path.join(cwd, "runs", "RepVGG-A0-digits")
     args = ["--arch", "RepVGG-A0", "--seed", "3", "--warmup-epochs", "0", *TINY]
     first = _popen_in(cwd, *args, "--epochs", "8", "--max-steps-per-epoch", "3")
+    reaped(first)
     _wait_for(os.path.join(base, ".lock"), first)
     # the default folder is in use: a second run goes to -2 ...
     second = _popen_in(cwd, *args, "--epochs", "1", "--max-steps-per-epoch", "1")
@@ -247,7 +262,7 @@ def test_a_diverged_run_stops_and_does_not_blame_the_conversion(tmp_path):
 
 # -- worker processes are quiet, Ctrl-C is clean and logged (m10) ------------------------------
 
-def test_loader_workers_print_nothing_and_ctrl_c_is_clean(tmp_path):
+def test_loader_workers_print_nothing_and_ctrl_c_is_clean(tmp_path, reaped):
     out = str(tmp_path / "o")
     proc = run_tool("train.py", "--epochs", "1", "--max-steps-per-epoch", "2", "--output", out,
                     *TINY, "--workers", "2", "--warmup-epochs", "0")
@@ -260,6 +275,7 @@ def test_loader_workers_print_nothing_and_ctrl_c_is_clean(tmp_path):
     run = subprocess.Popen(_train_cmd(out2, epochs=50, steps=20, extra=["--workers", "2"]),
                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            start_new_session=True)
+    reaped(run)
     _wait_for(os.path.join(out2, "train.log"), run)
     time.sleep(2.0)
     os.killpg(run.pid, signal.SIGINT)  # what a terminal sends: the whole process group

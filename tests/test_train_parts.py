@@ -154,7 +154,7 @@ def _config(*argv):
 def test_recipe_precedence_dataset_then_recipe_then_flags():
     from training.recipe import DATASET_DEFAULTS, RECIPES
     config, *_ = _config()
-    assert (config.dataset, config.epochs, config.lr) == ("digits", 10, 0.02)
+    assert (config.dataset, config.epochs, config.lr) == ("digits", 12, 0.02)
     config, *_ = _config("--recipe", "table5")
     for key, value in RECIPES["table5"].items():
         assert getattr(config, key) == value, key
