@@ -36,6 +36,9 @@ _QUIET = {"on": False, "saved": None}
 
 def _before_fork():
     if _QUIET["on"]:
+        # Ctrl-C waits until stderr is back (a KeyboardInterrupt inside an at-fork hook would
+        # be swallowed, leaving stderr on /dev/null)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         _QUIET["saved"] = os.dup(2)
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)
@@ -47,6 +50,7 @@ def _after_fork_in_parent():
         os.dup2(_QUIET["saved"], 2)
         os.close(_QUIET["saved"])
         _QUIET["saved"] = None
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _after_fork_in_child():
@@ -55,6 +59,7 @@ def _after_fork_in_child():
         _QUIET["saved"] = None
         _QUIET["on"] = False
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
