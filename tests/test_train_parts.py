@@ -191,8 +191,8 @@ def test_saved_config_round_trips_and_resume_compares_declared_fields():
 
 # -- the loss -------------------------------------------------------------------------------
 
-def test_criterion_weights_auxiliary_heads_and_takes_soft_targets(rng):
-    from training.criterion import Criterion
+def test_loss_weights_auxiliary_heads_and_takes_soft_targets(rng):
+    from training.step import classification_loss
     logits = {k: rng.normal(0, 1, (4, 6)).astype(np.float32)
               for k in ("main", "stage1_aux", "stage2_aux")}
     labels = np.array([0, 5, 2, 2], np.int32)
@@ -204,15 +204,15 @@ def test_criterion_weights_auxiliary_heads_and_takes_soft_targets(rng):
         t[np.arange(len(y)), y] += 1 - s
         return float(-(t * logp).sum(1).mean())
 
-    loss, main = Criterion(0.1)(None, {k: mge.tensor(v) for k, v in logits.items()},
-                                mge.tensor(labels))
+    loss, main = classification_loss(0.1)({k: mge.tensor(v) for k, v in logits.items()},
+                                           mge.tensor(labels))
     want = ce(logits["main"], labels, 0.1) + 0.1 * (ce(logits["stage1_aux"], labels, 0.1)
                                                      + ce(logits["stage2_aux"], labels, 0.1))
     np.testing.assert_allclose(float(loss.numpy()), want, rtol=1e-5)
     np.testing.assert_array_equal(main.numpy(), logits["main"])
     soft = np.full((4, 6), 0.1 / 6, np.float32)
     soft[np.arange(4), labels] += 0.9
-    loss, _ = Criterion(0.0)(None, mge.tensor(logits["main"]), mge.tensor(soft))
+    loss, _ = classification_loss(0.0)(mge.tensor(logits["main"]), mge.tensor(soft))
     np.testing.assert_allclose(float(loss.numpy()), ce(logits["main"], labels, 0.1), rtol=1e-5)
 
 

@@ -23,12 +23,11 @@ from data.loader import make_loader
 from model.checkpoint import arch_label, build_model, checkpoint_dict, numpy_state_dict
 
 from . import state as train_state
-from .criterion import Criterion
 from .evaluate import evaluate  # also importable as training.loop.evaluate (its old home)
-from .hooks import after_optimizer_step
 from .metrics import MetricsCSV, plot_curves
 from .optimizer import build_sgd, set_lr
 from .schedule import lr_at
+from .step import TrainStep, classification_loss
 
 log = logging.getLogger("train")
 
@@ -65,8 +64,6 @@ class Trainer:
             fastconv.enable(self.model)
         self.optimizer = build_sgd(self.model, config.lr, config.momentum, config.weight_decay,
                                    custom_l2=config.custwd, bias_lr_mult=config.bias_lr_mult)
-        self.criterion = Criterion(config.label_smoothing,
-                                   0.5 * config.weight_decay if config.custwd else 0.0)
         self.mixer = None
         if config.mixup > 0 or config.cutmix > 0:
             from data.mixing import MixupCutmix
@@ -75,6 +72,11 @@ class Trainer:
                                      config.label_smoothing)
         callbacks = [dist.make_allreduce_cb("mean")] if world_size > 1 else []
         self.gm = GradManager().attach(self.model.parameters(), callbacks=callbacks)
+        # With mixup/CutMix the soft targets already carry the label smoothing.
+        self.loss_fn = classification_loss(
+            0.0 if self.mixer is not None else config.label_smoothing,
+            extra=self.custom_l2 if config.custwd else None)
+        self.step_fn = TrainStep(self.model, self.optimizer, self.loss_fn, self.gm)
         self.train_loader, self.train_sampler = make_loader(
             splits.train, splits.train_transform, config.batch_size, shuffle=True,
             seed=config.seed, workers=config.workers, world_size=world_size, rank=rank,
@@ -154,21 +156,19 @@ class Trainer:
         rng = np.random.default_rng([self.config.seed, self.epoch, index, self.rank])
         return self.mixer(images, labels, rng)
 
+    def custom_l2(self):
+        """The official custom L2 term of ``--custwd`` (decay of the equivalent fused kernel)."""
+        from model import custom_l2
+        return 0.5 * self.config.weight_decay * custom_l2(self.model)
+
     def train_step(self, images, targets, lr):
-        """One SGD step; returns (loss value, main logits as numpy)."""
+        """One SGD step (``training.step.TrainStep``); returns (loss value, main logits)."""
         set_lr(self.optimizer, lr)
-        with self.gm:
-            outputs = self.model(mge.tensor(images))
-            loss, logits = self.criterion(self.model, outputs, mge.tensor(targets))
-            self.gm.backward(loss)
-        value = float(loss.numpy())
+        value, logits = self.step_fn(images, targets)  # no update when not finite
         if not math.isfinite(value):
-            self.optimizer.clear_grad()
             raise self.diverged("loss is %s at epoch %d, step %d (lr %.4g)"
                                 % (value, self.epoch + 1, self.step + 1, lr))
-        self.optimizer.step().clear_grad()
-        after_optimizer_step(self.model)
-        return value, logits.numpy()
+        return value, logits
 
     def diverged(self, what):
         latest = self.path("latest.pkl")
