@@ -13,7 +13,6 @@ recipe (imagenet, cifar or digits); --recipe NAME fills every knob as the offici
 configs do, and flags given still override. Writes OUTPUT/latest.pkl (full training state,
 every epoch), best.pkl, deploy.pkl, metrics.csv, curves.png (every epoch) and train.log.
 """
-import argparse
 import sys
 import warnings
 
@@ -25,30 +24,25 @@ from training.config import add_arguments, arch_stem, check, from_args  # noqa: 
 from training.recipe import recipe_table  # noqa: E402
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the description's layout; defaults are written into each flag's help."""
-
-
 def build_parser():
     from model import list_models
     epilog = ("named recipes (--recipe; training/recipe.py cites the official sources):\n  "
               + "\n  ".join(recipe_table())
               + "\n\nregistered architectures: " + ", ".join(list_models()))
-    p = argparse.ArgumentParser(description=__doc__, epilog=epilog,
-                                formatter_class=HelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, epilog=epilog)  # one-line argument errors
     return add_arguments(p)
 
 
 def check_arch(arch):
     """An unknown name or a bad architecture file fails here, before any data is loaded."""
-    from model import get_model, list_models
     from model.checkpoint import resolve_arch
     from model.derived import check_arch as check_arch_dict
+    from model.registry import check_name
     arch = resolve_arch(arch)  # a searched architecture is recorded by content
     if isinstance(arch, dict):
         check_arch_dict(arch)
-    elif arch not in list_models():
-        get_model(arch)  # raises UnknownModelError with the known names
+    else:
+        check_name(arch)  # UnknownModelError with the known names; nothing is built
     return arch
 
 
