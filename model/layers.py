@@ -3,6 +3,11 @@ import megengine.functional as F
 import megengine.module as M
 
 
+def pair(v):
+    """A conv argument (an int, or a pair of them) as a pair: ``3 -> (3, 3)``."""
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
 class ConvBn(M.Module):
     """Bias-free conv followed by BatchNorm (optionally ReLU): the official ``conv_bn`` branch.
 

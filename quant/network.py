@@ -26,6 +26,7 @@ import megengine.functional as F
 import megengine.module as M
 
 from errors import UserError
+from model.layers import pair
 
 
 class UnsupportedModelError(UserError):
@@ -50,9 +51,6 @@ class Layer:
     def out_channels(self):
         return self.bias.shape[0]
 
-
-def _pair(v):
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 def chain_of(deploy_model, what="the model"):
@@ -82,8 +80,8 @@ def chain_of(deploy_model, what="the model"):
                                         % (what, name))
         conv = block.rbr_reparam
         layers.append(Layer(name + ".rbr_reparam", conv.weight.numpy().copy(),
-                            conv.bias.numpy().reshape(-1).copy(), _pair(conv.stride),
-                            _pair(conv.padding), _pair(conv.dilation), conv.groups))
+                            conv.bias.numpy().reshape(-1).copy(), pair(conv.stride),
+                            pair(conv.padding), pair(conv.dilation), conv.groups))
     linear = (deploy_model.linear.weight.numpy().copy(), deploy_model.linear.bias.numpy().copy())
     return layers, linear
 

@@ -41,6 +41,8 @@ from megengine.core.ops import builtin
 from megengine.core.tensor.utils import astensor1d
 from megengine.functional.debug_param import get_execution_strategy
 
+from model.layers import pair
+
 
 SMALL_OUTPUT = 4
 SHIFTED_MIN_OUTPUT = 64  # below this many output pixels per image, im2col's one product wins
@@ -51,7 +53,7 @@ class ConvWithFastGrads(Function):
 
     def __init__(self, stride, padding):
         super().__init__()
-        self.stride, self.padding = _pair(stride), _pair(padding)
+        self.stride, self.padding = pair(stride), pair(padding)
 
     def forward(self, x, weight):
         self.saved = x, weight
@@ -151,14 +153,11 @@ def _im2col(x, kernel, padding, stride):
 
 def _output_pixels(conv, inp):
     size = 1
-    for dim, k, s, p in zip(inp.shape[2:], _pair(conv.kernel_size), _pair(conv.stride),
-                            _pair(conv.padding)):
+    for dim, k, s, p in zip(inp.shape[2:], pair(conv.kernel_size), pair(conv.stride),
+                            pair(conv.padding)):
         size *= (dim + 2 * p - k) // s + 1
     return size
 
-
-def _pair(v):
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 def _calc_conv(conv, inp, weight, bias):
@@ -173,7 +172,7 @@ def _calc_conv(conv, inp, weight, bias):
 
 def eligible(module):
     return (type(module) is M.Conv2d and module.groups == 1
-            and tuple(_pair(module.dilation)) == (1, 1) and module.padding_mode == "zeros")
+            and tuple(pair(module.dilation)) == (1, 1) and module.padding_mode == "zeros")
 
 
 def enable(model):

@@ -20,12 +20,10 @@ from megengine import Parameter
 
 import numpy as np
 
+from ..layers import pair
 from .config import ActMode, BinaryConvConfig
 from .ste import approx_sign, binarize_weight, sign_ste
 
-
-def _pair(v):
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 def binarize_activation(x, config):
@@ -44,8 +42,8 @@ class BinaryConv2d(M.Module):
             raise ValueError("channels (%d in, %d out) must be divisible by groups=%d"
                              % (in_channels, out_channels, groups))
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
-        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.kernel_size, self.stride = pair(kernel_size), pair(stride)
+        self.padding, self.dilation = pair(padding), pair(dilation)
         self.config = config
         kh, kw = self.kernel_size
         if groups == 1:
