@@ -2,8 +2,8 @@
 
 Unreadable images are left out and counted: the loader replaces an unreadable sample by the next
 readable one and marks the row (``skipped >= 0``); counting that row would count the substitute
-twice, so it is dropped here and the file is named in a warning. Used by ``tools/eval.py`` (and
-meant for the training loop's validation, which has the same need).
+twice, so it is dropped here and the file is named in a warning. Used by ``tools/eval.py``, the
+training loop's validation and the end-of-run deploy check.
 """
 import dataclasses
 import logging

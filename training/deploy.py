@@ -15,7 +15,7 @@ from model.checkpoint import (build_model, checkpoint_dict, load_weights, metada
                               numpy_state_dict)
 from model.parity import check_parity, format_row
 
-from .evaluate import evaluate
+from common.evaluation import evaluate
 
 log = logging.getLogger("train")
 
@@ -49,9 +49,10 @@ def deploy_best(best_path, deploy_path, arch, val_loader, fast_conv=True, progre
         from . import fastconv
         fastconv.enable(model)
         fastconv.enable(deploy)
-    _, acc1, acc5 = evaluate(model, val_loader, desc="val (train form)", progress=progress)
-    _, dep_acc1, dep_acc5 = evaluate(deploy, val_loader, desc="val (deploy form)",
-                                     progress=progress)
+    train_val = evaluate(model, val_loader, desc="val (train form)", progress=progress)
+    deploy_val = evaluate(deploy, val_loader, desc="val (deploy form)", progress=progress)
+    acc1, acc5 = train_val.top1, train_val.top5
+    dep_acc1, dep_acc5 = deploy_val.top1, deploy_val.top5
     save_checkpoint(checkpoint_dict(numpy_state_dict(deploy), arch, "deploy",
                                     **metadata_of(best)), deploy_path)
     log.info("best epoch %d%s  val top-1 / top-5: train form %.2f%% / %.2f%%, deploy form "

@@ -18,12 +18,12 @@ import megengine.distributed as dist
 from megengine.autodiff import GradManager
 
 from common.checkpoint import save_checkpoint
+from common.evaluation import evaluate
 from errors import UserError
 from data.loader import make_loader
 from model.checkpoint import arch_label, build_model, checkpoint_dict, numpy_state_dict
 
 from . import state as train_state
-from .evaluate import evaluate  # also importable as training.loop.evaluate (its old home)
 from .metrics import MetricsCSV, plot_curves
 from .optimizer import build_sgd, set_lr
 from .schedule import lr_at
@@ -241,15 +241,17 @@ class Trainer:
             if not self.main:
                 self.epoch += 1
                 continue
-            row["val_loss"], row["val_acc1"], row["val_acc5"] = evaluate(
-                self.model, self.val_loader, config.label_smoothing, progress=config.progress)
+            val = evaluate(self.model, self.val_loader, self.splits.val, config.label_smoothing,
+                           progress=config.progress)
+            row["val_loss"], row["val_acc1"], row["val_acc5"] = val.loss, val.top1, val.top5
             self.check_divergence(row)
             self.epoch += 1
             best_model, best_weights, acc1 = self.model, "raw", row["val_acc1"]
             if self.ema is not None:
-                row["ema_val_loss"], row["ema_val_acc1"], row["ema_val_acc5"] = evaluate(
-                    self.ema.module, self.val_loader, config.label_smoothing, desc="val (EMA)",
-                    progress=config.progress)
+                val = evaluate(self.ema.module, self.val_loader, self.splits.val,
+                               config.label_smoothing, desc="val (EMA)", progress=config.progress)
+                row["ema_val_loss"], row["ema_val_acc1"], row["ema_val_acc5"] = (
+                    val.loss, val.top1, val.top5)
                 if row["ema_val_acc1"] > acc1:
                     best_model, best_weights, acc1 = self.ema.module, "ema", row["ema_val_acc1"]
             is_best = acc1 > self.best_acc1
