@@ -324,7 +324,7 @@ def paths_of(args):
 
 def cmd_derive(args):
     from search.derive import arch_from_choices, choose
-    from search.jsonio import write_json
+    from common.atomic import write_json
     from search.latency import LatencyTable
     from search.space import from_dict
     from search.trainer import load_run

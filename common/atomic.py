@@ -14,6 +14,7 @@ removed and ``path`` is left as it was.
 """
 import contextlib
 import glob
+import json
 import os
 import re
 import stat
@@ -102,3 +103,10 @@ def atomic_write(path, mode="wb"):
     with atomic_path(path) as tmp:
         with open(tmp, mode) as f:
             yield f
+
+
+def write_json(obj, path):
+    """Write ``obj`` as JSON (indent 1) through ``atomic_write``; returns ``path``."""
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=1)
+    return path

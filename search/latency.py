@@ -38,12 +38,12 @@ import numpy as np
 import megengine as mge
 import megengine.module as M
 
+from common.atomic import write_json
 from common.timing import interleaved_medians
 from model.derived import build_head, build_op, build_stem, op_kind
 from model.opcount import count_ops
 from model.reparam import convert_to_deploy
 
-from .jsonio import write_json
 from .space import SpaceError, out_size
 
 LUT_FORMAT = "repvgg-search-lut/1"

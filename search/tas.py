@@ -38,11 +38,11 @@ import megengine.functional as F
 import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 
+from common.atomic import write_json
 from common.checkpoint import save_checkpoint, to_numpy
 from errors import UserError
 from training.schedule import cosine
 
-from .jsonio import write_json
 from .tas_net import TASNet, arch_from_widths, expected_flops, flop_loss, get_flop
 from .trainer import batches, normalize, split_indices
 

@@ -159,7 +159,7 @@ def test_searched_network_converts_exports_and_evaluates_after_arch_json_is_gone
 def test_show_measure_of_an_arch_from_another_space_is_one_line(run_dir, tmp_path):
     # was: ValueError: tuple.index(x): x not in tuple
     from helpers import call_tool, one_line_error
-    from search.jsonio import write_json
+    from common.atomic import write_json
     from search.space import get_space
     from search.tas_net import arch_from_widths
     space = get_space("tas_digits")

@@ -42,7 +42,7 @@ def test_convert_output_is_0644_and_keeps_metadata(train_ckpt, tmp_path, umask_0
 
 
 def test_search_json_outputs_are_0644(tmp_path, umask_022):
-    from search.jsonio import write_json
+    from common.atomic import write_json
     path = write_json({"a": 1}, str(tmp_path / "arch.json"))
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
     assert json.load(open(path)) == {"a": 1}

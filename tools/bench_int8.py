@@ -257,9 +257,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         rows = {"accuracy": accuracy, "imported": imported, "speed": speed}[args.cmd](args, tmp)
     if args.json:
-        from common.atomic import atomic_write
-        with atomic_write(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        from common.atomic import write_json
+        write_json(rows, args.json)
     return 0
 
 

@@ -20,7 +20,6 @@ top-1 agreement, logit SQNR (10 log10 of signal over error power), and top-1 acc
 when labels are known. The output is written only after it loaded and ran (atomically).
 """
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -241,9 +240,8 @@ def main(argv=None):
         report["vs_finetuned_float"] = vars(vs_tuned)
     print("wrote %s (%.2f MB)" % (args.output, os.path.getsize(args.output) / 1e6))
     if args.report:
-        from common.atomic import atomic_write
-        with atomic_write(args.report, "w") as f:
-            json.dump(report, f, indent=1)
+        from common.atomic import write_json
+        write_json(report, args.report)
     return 0
 
 
