@@ -24,7 +24,6 @@ speed     float .mge (MegEngine Lite), int8 .mge (Lite), float .onnx and int8 QD
           opens it (warm-up, then --runs timed passes, median); --rounds rounds go through the
           artifacts in turn (interleaved) and the median over rounds is reported. Outputs are compared first (int8 vs its float version: SQNR).
 """
-import argparse
 import json
 import os
 import statistics
@@ -215,27 +214,39 @@ def speed(args, tmp):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("accuracy", help="float vs PTQ vs QAT top-1 of one checkpoint")
+    p = cli.ArgumentParser(__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{accuracy,imported,speed}")
+    a = sub.add_parser("accuracy", help="float vs PTQ vs QAT top-1 of one checkpoint",
+                       formatter_class=cli.HelpFormatter)
     a.add_argument("--load", required=True, help="float checkpoint (train.py's deploy.pkl)")
     a.add_argument("--calib", help="its data folder (CIFAR batches, ...); default digits")
-    a.add_argument("--calib-images", type=int, default=512)
-    a.add_argument("--check-images", type=int, default=2000)
-    a.add_argument("--qat-epochs", type=int, default=2)
-    a.add_argument("--qat-lr", type=float, default=0.002)
-    a.add_argument("--max-steps-per-epoch", type=int, default=0)
-    i = sub.add_parser("imported", help="SQNR on an imported official-layout checkpoint")
-    s = sub.add_parser("speed", help="int8 artifacts next to their float versions")
+    a.add_argument("--calib-images", type=cli.integer(min=1), default=512,
+                   help="images to calibrate on")
+    a.add_argument("--check-images", type=cli.integer(min=1), default=2000,
+                   help="held-out (val split) images the rows are measured on")
+    a.add_argument("--qat-epochs", type=cli.integer(min=1), default=2,
+                   help="QAT fine-tuning epochs")
+    a.add_argument("--qat-lr", type=cli.number(above=0), default=0.002,
+                   help="QAT peak learning rate (cosine to 0)")
+    a.add_argument("--max-steps-per-epoch", type=cli.integer(min=0), default=0,
+                   help="cap on QAT steps per epoch (0 = the whole train split)")
+    i = sub.add_parser("imported", help="SQNR on an imported official-layout checkpoint",
+                       formatter_class=cli.HelpFormatter)
+    s = sub.add_parser("speed", help="int8 artifacts next to their float versions",
+                       formatter_class=cli.HelpFormatter)
     for q in (i, s):
-        q.add_argument("--arch", default="RepVGG-A0")
-        q.add_argument("--size", type=int, default=224)
-        q.add_argument("--images", type=int, default=64, help="generated calibration images")
-    s.add_argument("--batch", type=int, nargs="+", default=[1, 16])
-    s.add_argument("--rounds", type=int, default=5)
-    s.add_argument("--runs", type=int, default=10)
-    s.add_argument("--threads", type=int, default=0, help="0 = all cores")
+        q.add_argument("--arch", default="RepVGG-A0", help="registered architecture")
+        q.add_argument("--size", type=cli.integer(min=8), default=224,
+                       help="input resolution (square)")
+        q.add_argument("--images", type=cli.integer(min=1), default=64,
+                       help="generated calibration images")
+    s.add_argument("--batch", type=cli.integer(min=1), nargs="+", default=[1, 16],
+                   help="batch sizes, each measured separately")
+    s.add_argument("--rounds", type=cli.integer(min=1), default=5,
+                   help="interleaved rounds over the artifacts; the median is reported")
+    s.add_argument("--runs", type=cli.integer(min=1), default=10,
+                   help="timed passes per artifact per round (after a warm-up)")
+    s.add_argument("--threads", type=cli.integer(min=0), default=0, help="0 = all cores")
     for q in (a, i, s):
         q.add_argument("--json", help="also write the rows as JSON")
     w = sub.add_parser("_time")  # internal: one artifact, one process

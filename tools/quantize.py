@@ -19,13 +19,8 @@ The report compares the int8 model with the float model on held-out images (the 
 top-1 agreement, logit SQNR (10 log10 of signal over error power), and top-1 accuracy of both
 when labels are known. The output is written only after it loaded and ran (atomically).
 """
-import argparse
 import os
 import sys
-import warnings
-
-# numpy's harmless note about this CPU's float subnormals (printed when scikit-learn loads)
-warnings.filterwarnings("ignore", message="The value of the smallest subnormal")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -36,24 +31,10 @@ from errors import UserError  # noqa: E402
 FORMATS = (".mge", ".onnx")
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
-
-
-def positive(kind):
-    def parse(text):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError("must be positive, got %s" % text)
-        return value
-    return parse
-
-
 def parse_args(argv):
     from quant.ptq import DEFAULT_OBSERVER, OBSERVERS
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
-                                formatter_class=_Formatter)
+    p = cli.ArgumentParser(__doc__)
     p.add_argument("--load", required=True, metavar="CKPT",
                    help="float checkpoint (train or deploy form) of a RepVGG / QARepVGG")
     p.add_argument("--arch", help="architecture (default: the one the checkpoint records)")
@@ -61,30 +42,30 @@ def parse_args(argv):
                    help="int8 model to write; the suffix picks the format")
     p.add_argument("--calib", metavar="DIR",
                    help="calibration (and with --qat, fine-tuning) data; default: built-in digits")
-    p.add_argument("--image-size", type=positive(int),
+    p.add_argument("--image-size", type=cli.integer(min=1),
                    help="input resolution (default: what the checkpoint records; 224 with "
                         "ImageNet preprocessing for checkpoints that record nothing)")
-    p.add_argument("--calib-images", type=positive(int), default=512,
+    p.add_argument("--calib-images", type=cli.integer(min=1), default=512,
                    help="images to calibrate on")
-    p.add_argument("--check-images", type=positive(int), default=1000,
+    p.add_argument("--check-images", type=cli.integer(min=1), default=1000,
                    help="held-out images to compare float and int8 on")
     p.add_argument("--observer", choices=sorted(OBSERVERS), default=DEFAULT_OBSERVER,
                    help="activation range observer for the .mge (see quant/ptq.py)")
     p.add_argument("--no-equalize", dest="equalize", action="store_false",
                    help=".mge: skip cross-layer equalization (per-tensor weight scales as is)")
-    p.add_argument("--batch-size", type=positive(int), default=64,
+    p.add_argument("--batch-size", type=cli.integer(min=1), default=64,
                    help="images per calibration / fine-tuning batch")
     g = p.add_argument_group("quantization-aware training")
     g.add_argument("--qat", action="store_true", help="fine-tune with fake quantization first")
-    g.add_argument("--epochs", type=positive(int), default=2, help="QAT epochs")
-    g.add_argument("--lr", type=positive(float), default=0.002, help="QAT peak learning rate "
+    g.add_argument("--epochs", type=cli.integer(min=1), default=2, help="QAT epochs")
+    g.add_argument("--lr", type=cli.number(above=0), default=0.002, help="QAT peak learning rate "
                    "(cosine to 0)")
-    g.add_argument("--max-steps-per-epoch", type=int, default=0,
+    g.add_argument("--max-steps-per-epoch", type=cli.integer(min=0), default=0,
                    help="cap on QAT steps per epoch (0 = the whole train split)")
     g.add_argument("--save-float", metavar="PKL",
                    help="also write the QAT-fine-tuned float weights (deploy form)")
     p.add_argument("--report", metavar="JSON", help="also write the comparison as JSON")
-    p.add_argument("--threads", type=positive(int), default=cpu_count(), help="CPU threads")
+    p.add_argument("--threads", type=cli.integer(min=1), default=cpu_count(), help="CPU threads")
     p.add_argument("--seed", type=int, default=0, help="seed for picking images and QAT")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars")
