@@ -6,19 +6,14 @@ lets CPU runs use every core ("multithreadN"), which the default single-threaded
 not.
 """
 import ctypes.util
-import os
 import re
 
 import megengine as mge
 
 from errors import UserError
 
-
-def cpu_count():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+from . import cpus
+from .cpus import check_threads, cpu_count, max_threads, threads_arg  # noqa: F401  (re-exported)
 
 
 def cuda_available():
@@ -38,32 +33,6 @@ class DeviceError(UserError):
 DEVICE_HELP = "auto (GPU if usable, else all CPU cores), cpu (one thread), cpuN (N threads), gpu, gpuN"
 # MegEngine's own spellings, accepted as they are: cpux, xpux, gpu1, gpu0:1, multithread4:0
 _NATIVE = re.compile(r"^(?:(cpu|gpu|xpu)(\d+|x)(?::\d+)?|multithread(\d+):\d+)$")
-
-
-def max_threads():
-    """The most CPU threads a command may ask for: 4 x the usable cores (more only adds
-    contention: 999 threads on 2 cores gave a load average of 117)."""
-    return 4 * cpu_count()
-
-
-def check_threads(n, what="threads"):
-    """``n`` CPU threads, refused (one line) unless 1 <= n <= ``max_threads()``."""
-    if not 1 <= n <= max_threads():
-        raise DeviceError("%s must be between 1 and %d (4 x the %d usable CPU cores here), got %d"
-                          % (what, max_threads(), cpu_count(), n))
-    return n
-
-
-def threads_arg(text):
-    """argparse ``type=`` for a ``--threads`` option (see ``check_threads``)."""
-    import argparse
-
-    try:
-        return check_threads(int(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected an integer, got %r" % text) from None
-    except DeviceError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _need_gpu(name, index):
@@ -89,7 +58,7 @@ def resolve_device(name="auto"):
     if name == "auto":
         if cuda_available():
             return "gpu0"
-        return "multithread%d:0" % cpu_count() if cpu_count() > 1 else "cpux"
+        return "multithread%d:0" % cpus.cpu_count() if cpus.cpu_count() > 1 else "cpux"
     if name in ("cpu", "cpu1"):
         return "cpux"
     if name.startswith("cpu") and name[3:].isdigit():

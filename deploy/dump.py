@@ -34,7 +34,7 @@ def trace_device(threads=None):
     ``trace.dump`` fails (it places the graph input on "xpux" and the captured weights on
     "cpux"); the dumped file does not record the thread count, Lite chooses it at load time.
     """
-    from common.device import cpu_count
+    from common.cpus import cpu_count
 
     return "multithread%d:0" % (threads or cpu_count())
 

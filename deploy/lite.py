@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from common.device import cpu_count
+from common.cpus import cpu_count
 
 from .runtime import ModelFileError  # noqa: F401  (raised here; defined where both formats are)
 

@@ -14,12 +14,12 @@ import logging
 import os
 import tempfile
 
+from common.cpus import cpu_count
 from errors import UserError
 
 from .preprocess import PreprocessSpec, imagenet_spec
 
 log = logging.getLogger(__name__)
-
 
 
 class ModelFileError(UserError):
@@ -28,28 +28,6 @@ class ModelFileError(UserError):
 
 METADATA_KEY = "repvgg_megengine"  # the ONNX metadata_props key holding the JSON metadata
 METADATA_FORMAT = "repvgg-megengine-model/1"
-MAX_THREADS_PER_CPU = 4
-
-
-def cpu_count():
-    """CPUs this process may run on (``common.device.cpu_count`` without importing MegEngine:
-    an ONNX Runtime process holds no MegEngine thread pool)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def check_threads(threads):
-    """``threads`` if it is a sane CPU thread count, else ``UserError`` (one line)."""
-    limit = MAX_THREADS_PER_CPU * cpu_count()
-    if not isinstance(threads, int) or threads < 1:
-        raise UserError("--threads must be at least 1, got %r" % (threads,))
-    if threads > limit:
-        raise UserError("--threads %d is more than %d x the %d CPUs of this machine (%d); "
-                        "more threads than cores only slows inference down"
-                        % (threads, MAX_THREADS_PER_CPU, cpu_count(), limit))
-    return threads
 
 
 def encode_metadata(metadata):

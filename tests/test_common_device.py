@@ -3,6 +3,7 @@ import argparse
 
 import pytest
 
+import common.cpus as cpus
 import common.device as device
 from errors import UserError
 
@@ -30,12 +31,12 @@ def test_gpu_without_a_gpu_is_a_user_error(name, monkeypatch):
 
 def test_auto_without_a_gpu_uses_the_cores(monkeypatch):
     monkeypatch.setattr(device, "cuda_available", lambda: False)
-    monkeypatch.setattr(device, "cpu_count", lambda: 3)
+    monkeypatch.setattr(cpus, "cpu_count", lambda: 3)
     assert device.resolve_device("auto") == "multithread3:0"
 
 
 def test_thread_counts_are_bounded(monkeypatch):
-    monkeypatch.setattr(device, "cpu_count", lambda: 2)
+    monkeypatch.setattr(cpus, "cpu_count", lambda: 2)
     assert device.resolve_device("cpu8") == "multithread8:0"
     for name in ("cpu9", "cpu999", "multithread999:0", "cpu0x"):
         with pytest.raises(UserError):

@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from common import cli  # noqa: E402
+from common.cpus import cpu_count, threads_arg  # noqa: E402
 from errors import UserError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,13 +71,6 @@ PATHS = {
 }
 QUICK = dict(arch=["RepVGG-A0"], batch=[1], size=32, rounds=1, warmup=0, runs=2,
              paths=["eager", "onnxruntime", "openvino", "mge", "ours-onnx"])
-
-
-def cpu_count():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def cpu_name():
@@ -224,7 +218,7 @@ def parse_args(argv):
     p.add_argument("--arch", nargs="+", default=["RepVGG-A0", "RepVGG-B0"], help="models")
     p.add_argument("--batch", nargs="+", type=int, default=[1, 16], help="batch sizes")
     p.add_argument("--size", type=int, default=224, help="input resolution")
-    p.add_argument("--threads", type=int, default=cpu_count(), help="CPU threads, every path")
+    p.add_argument("--threads", type=threads_arg, default=cpu_count(), help="CPU threads, every path")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (processes per path)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs in each process")
     p.add_argument("--runs", type=int, default=10, help="timed runs in each process (median)")
@@ -240,12 +234,9 @@ def parse_args(argv):
         for k, v in QUICK.items():
             if getattr(args, k) == p.get_default(k):
                 setattr(args, k, v)
-    if (min(args.batch) < 1 or args.size < 32 or args.threads < 1 or args.runs < 1
+    if (min(args.batch) < 1 or args.size < 32 or args.runs < 1
             or args.rounds < 1 or args.warmup < 0):
-        p.error("batch, threads, runs and rounds must be positive, size at least 32, warmup "
-                ">= 0")
-    if args.threads > 4 * cpu_count():
-        p.error("--threads %d is more than 4 x the %d CPUs" % (args.threads, cpu_count()))
+        p.error("batch, runs and rounds must be positive, size at least 32, warmup >= 0")
     return args
 
 

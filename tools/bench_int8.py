@@ -168,7 +168,7 @@ def time_artifact(path, batch, size, runs, threads):
 
 
 def speed(args, tmp):
-    from common.device import cpu_count
+    from common.cpus import cpu_count
 
     threads = args.threads or cpu_count()
     ckpt = official_checkpoint(args.arch, tmp)

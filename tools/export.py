@@ -25,11 +25,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import cli  # noqa: E402
-from common.device import cpu_count, use_device  # noqa: E402
+from common import cli, cpus  # noqa: E402
+from common.device import use_device  # noqa: E402
 from deploy import dump  # noqa: E402
 from deploy import export as ex  # noqa: E402
-from deploy.runtime import check_threads  # noqa: E402
 
 
 def parse_args(argv):
@@ -56,7 +55,7 @@ def parse_args(argv):
                    help=".mge: do not profile the algorithms (fast-run) at export time")
     p.add_argument("--check-image", nargs="+", metavar="IMAGE",
                    help="images to check the exported graph on (default: generated images)")
-    p.add_argument("--threads", type=int, default=cpu_count(),
+    p.add_argument("--threads", type=int, default=cpus.cpu_count(),
                    help="CPU threads for tracing, profiling and the check")
     p.add_argument("--seed", type=int, default=0, help="seed for generated check images")
     args = p.parse_args(argv)
@@ -69,7 +68,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    check_threads(args.threads)
+    cpus.check_threads(args.threads)
     fmt = ex.format_of(args.output, args.format)
     use_device(dump.trace_device(args.threads))
     source = ex.build_model(args.load, args.arch, args.num_classes, args.size)

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from common import cli  # noqa: E402
+from common import cli, cpus  # noqa: E402
 from common import numeric  # noqa: E402
 from common.timing import interleaved_medians  # noqa: E402
 from deploy import preprocess, runtime  # noqa: E402
@@ -66,8 +66,8 @@ def parse_args(argv):
     p.add_argument("--top", type=int, default=5, help="how many classes to print per image")
     p.add_argument("--batch", type=int, default=0,
                    help="images per forward pass (0: the batch size the model was exported with)")
-    p.add_argument("--threads", type=int, default=runtime.cpu_count(),
-                   help="CPU threads (at most %d x the CPU count)" % runtime.MAX_THREADS_PER_CPU)
+    p.add_argument("--threads", type=int, default=cpus.cpu_count(),
+                   help="CPU threads (at most %d x the CPU count)" % cpus.MAX_THREADS_PER_CPU)
     p.add_argument("--benchmark", action="store_true",
                    help="time the model on random input instead of classifying images")
     p.add_argument("--runs", type=int, default=20, help="timed runs with --benchmark")
@@ -84,7 +84,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    runtime.check_threads(args.threads)
+    cpus.check_threads(args.threads)
     missing = [p for p in args.images if not os.path.isfile(p)]
     if missing:
         raise UserError("image not found: %s" % ", ".join(missing))

@@ -25,7 +25,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import cli  # noqa: E402
-from common.device import cpu_count, use_device  # noqa: E402
+from common.cpus import cpu_count, threads_arg  # noqa: E402
+from common.device import use_device  # noqa: E402
 from errors import UserError  # noqa: E402
 
 FORMATS = (".mge", ".onnx")
@@ -65,7 +66,7 @@ def parse_args(argv):
     g.add_argument("--save-float", metavar="PKL",
                    help="also write the QAT-fine-tuned float weights (deploy form)")
     p.add_argument("--report", metavar="JSON", help="also write the comparison as JSON")
-    p.add_argument("--threads", type=cli.integer(min=1), default=cpu_count(), help="CPU threads")
+    p.add_argument("--threads", type=threads_arg, default=cpu_count(), help="CPU threads")
     p.add_argument("--seed", type=int, default=0, help="seed for picking images and QAT")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars")
