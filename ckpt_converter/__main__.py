@@ -10,7 +10,6 @@ Reads torch.save files (zip and legacy formats), .safetensors and plain pickles 
 layout is detected from the keys (or forced with --layout). The output is a MegEngine checkpoint
 ({"arch", "form", "num_classes", "state_dict"}) that tools/convert.py, tools/eval.py etc. read.
 """
-import argparse
 import ctypes
 import os
 import sys
@@ -26,9 +25,8 @@ EPILOG = "To write a MegEngine checkpoint back as a PyTorch .pth: %(prog)s expor
 
 
 def parse_import_args(argv):
-    p = argparse.ArgumentParser(prog="python -m ckpt_converter",
-                                description=__doc__.split("\n\n")[0], epilog=EPILOG,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(prog="python -m ckpt_converter", description=__doc__.split("\n\n")[0],
+                           epilog=EPILOG)
     p.add_argument("input", metavar="INPUT",
                    help="checkpoint: torch.save file (.pth/.pt, zip or legacy format), "
                         ".safetensors, or a pickle of arrays (megengine.save .pkl, paddle.save "
@@ -52,12 +50,11 @@ def parse_import_args(argv):
 
 
 def parse_export_args(argv):
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m ckpt_converter export",
         description="Write a MegEngine RepVGG checkpoint as a PyTorch .pth (zip format) that "
                     "torch.load(path, weights_only=True) reads and the official PyTorch model "
-                    "loads with strict=True.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "loads with strict=True.")
     p.add_argument("input", metavar="INPUT.pkl", help="MegEngine checkpoint (this project's format "
                                                       "or a bare state dict)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.pth", help=".pth file to write")

@@ -13,7 +13,6 @@ peak right after its imports. Before timing, each operation's result is checked 
 torch.load's: a checksum of every tensor (sum and sum of squares, in float64) must agree to 1e-9.
 Needs the PyTorch venv (.torchvenv, `make setup-torch`).
 """
-import argparse
 import json
 import os
 import statistics
@@ -151,9 +150,8 @@ def check_outputs(operations, path, folder):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--rounds", type=int, default=3,
+    p = cli.ArgumentParser(__doc__)
+    p.add_argument("--rounds", type=cli.integer(min=1), default=3,
                    help="rounds; each runs every operation once, in turn (medians reported)")
     p.add_argument("--only", nargs="+", choices=[op[0] for op in OPERATIONS[1:]],
                    help="time only these operations (torch.load always runs)")
