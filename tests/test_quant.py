@@ -150,6 +150,16 @@ def test_qat_steps_train_the_fake_quantized_chain(rng):
     assert not np.array_equal(before, chain.convs[0].conv.weight.numpy())
     int8 = ptq.to_int8(chain)
     assert int8(mge.tensor(calib[0])).numpy().shape == (16, 10)
+    # The fine-tuned float weights (our BN fold) compute what MegEngine's own QAT modules
+    # compute with fake quantization off (their fold of the trained BN statistics).
+    import megengine.quantization as Q
+
+    Q.disable_fake_quant(chain)
+    chain.eval()
+    ref = chain(mge.tensor(calib[0])).numpy()
+    folded, folded_linear = network.folded_layers(chain, layers)
+    out = chain_logits(folded, folded_linear, calib[0])
+    assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
 def test_squeeze_excitation_is_refused(rng):
