@@ -201,9 +201,12 @@ def build_parser():
                                    "widths are written as an arch.json of conv_k3 layers.")
     add_space_args(q, default="tas_digits")
     add_device_arg(q)
-    add_config_args(q, TASConfig)
-    q.add_argument("--out", default="runs/tas", help="run folder (a new one); arch.json and "
-                   "latest.pkl are written there")
+    add_config_args(q, TASConfig, unset=True)
+    q.add_argument("--out", default="runs/tas", help="run folder: latest.pkl is written there "
+                   "after every epoch, arch.json at the end")
+    q.add_argument("--resume", action="store_true",
+                   help="continue the killed search in --out from its latest.pkl, exactly (its "
+                        "space and settings)")
     q.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -354,19 +357,38 @@ def cmd_show(args):
 
 
 def cmd_tas(args):
-    from search.tas import TASConfig, check_tas, search_widths
+    from search.tas import TASConfig, TASSearch, check_tas, load_run, resume, search_widths
 
-    space = space_from_args(args)
-    cfg = config_from_args(TASConfig, args)
-    check_tas(space, cfg)
-    held = [f for f in ("arch.json", "latest.pkl") if os.path.exists(os.path.join(args.out, f))]
-    if held:
-        raise UserError("%s already holds a run (%s); choose another --out (a TAS search does "
-                        "not resume)" % (args.out, ", ".join(held)))
+    latest = os.path.join(args.out, "latest.pkl")
+    if args.resume:
+        changed = sorted(given_config_args(TASConfig, args))
+        if changed:
+            raise UserError("%s cannot change on --resume (the search keeps its own settings)"
+                            % ", ".join("--" + k.replace("_", "-") for k in changed))
+        if not os.path.exists(latest):
+            raise UserError("no latest.pkl in %s to resume" % args.out)
+        if os.path.exists(os.path.join(args.out, "arch.json")):
+            raise UserError("the search in %s is finished (arch.json exists); nothing to resume"
+                            % args.out)
+    else:
+        space, cfg = space_from_args(args), config_from_args(TASConfig, args)
+        check_tas(space, cfg)
+        held = [f for f in ("arch.json", "latest.pkl")
+                if os.path.exists(os.path.join(args.out, f))]
+        if held:
+            raise UserError("%s already holds a run (%s); choose another --out, or pass --resume "
+                            "to continue an unfinished one" % (args.out, ", ".join(held)))
     with RunLock(args.out):
         setup_logging(args.out)
-        train, val = load_digits_for(space)
-        found = search_widths(space, train, val, cfg, args.out, progress=not args.no_progress)
+        if args.resume:
+            state, space = load_run(latest)
+            train, val = load_digits_for(space)
+            searcher = resume(state, space, train, val)
+            log.info("resumed %s at epoch %d of %d", latest, searcher.epoch, searcher.cfg.epochs)
+        else:
+            train, val = load_digits_for(space)
+            searcher = TASSearch(space, train, val, cfg)
+        found = search_widths(searcher, args.out, progress=not args.no_progress)
     print("widths %s: %.2f of %.2f MMACs (target %.2f%s); wrote %s"
           % (found["widths"], found["mmacs"], found["full_mmacs"], found["target_mmacs"],
              ", %+.0f%% off" % (100 * (found["mmacs"] / found["target_mmacs"] - 1))

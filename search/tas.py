@@ -22,7 +22,9 @@ longer match). One step:
 Weights train by SGD on one half of the training data, the attentions by Adam on the other
 (``CE + flop_weight * flop_loss``); tau follows TAS's cosine from ``tau_max`` to ``tau_min``. The
 argmax widths become an ``arch.json`` of ``conv_k3`` layers (``model.derived``) that
-``train.py --arch`` trains.
+``train.py --arch`` trains. After every epoch the whole search state (network, attentions, both
+optimisers, the sampling generator, the history) is written to ``latest.pkl``, atomically; a
+killed search resumes from it (``resume``) and ends where an uninterrupted one would.
 
 This module is the search (config, checks, the bilevel loop, writing the run); the network and
 its FLOP accounting are ``search/tas_net.py``.
@@ -39,14 +41,15 @@ import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 
 from common.atomic import write_json
-from common.checkpoint import save_checkpoint, to_numpy
+from common.checkpoint import load_checkpoint, save_checkpoint, to_numpy
 from errors import UserError
 from training.schedule import cosine
 
+from .space import from_dict
 from .tas_net import TASNet, arch_from_widths, expected_flops, flop_loss, get_flop
 from .trainer import batches, normalize, split_indices
 
-TAS_FORMAT = "repvgg-tas-run/1"
+TAS_FORMAT = "repvgg-tas-run/2"
 log = logging.getLogger(__name__)
 
 
@@ -86,23 +89,33 @@ def check_tas(space, cfg):
         raise UserError("need 0 < --tau-min <= --tau-max")
 
 
-def search_widths(space, train, val, cfg, out, progress=True):
-    """Search, then write OUT/arch.json and OUT/latest.pkl; returns a summary dict (widths,
-    MMACs of the found, the full and the target network, the arch.json path)."""
-    check_tas(space, cfg)
-    searcher = TASSearch(space, train, val, cfg)
-    searcher.run(progress=progress)
+def search_widths(searcher, out, progress=True):
+    """Run ``searcher`` (a ``TASSearch``, new or resumed) to its last epoch, checkpointing into
+    ``out``, then write OUT/arch.json; returns a summary dict (widths, MMACs of the found, the
+    full and the target network, the arch.json path)."""
+    searcher.run(out, progress=progress)
+    cfg = searcher.cfg
     widths = searcher.net.widths(searcher.net.argmax())
-    arch = arch_from_widths(space, widths, get_flop(searcher.net, "genotype"))
+    arch = arch_from_widths(searcher.space, widths, get_flop(searcher.net, "genotype"))
     path = write_json(arch, os.path.join(out, "arch.json"))
-    save_checkpoint({"format": TAS_FORMAT, "space": space.to_dict(),
-                     "config": dataclasses.asdict(cfg), "history": searcher.history,
-                     "state_dict": to_numpy(searcher.net.state_dict()),
-                     "attentions": [a.numpy() for a in searcher.net.attentions]},
-                    os.path.join(out, "latest.pkl"))
     full = get_flop(searcher.net, "max")
     return {"widths": widths, "mmacs": arch["estimated_mmacs"], "full_mmacs": full,
             "target_mmacs": cfg.flop_ratio * full, "arch_path": path}
+
+
+def load_run(path):
+    """A TAS run's latest.pkl, checked; returns (state dict, its search space)."""
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or state.get("format") != TAS_FORMAT:
+        raise UserError("%s is not a resumable TAS checkpoint (format %r expected)"
+                        % (path, TAS_FORMAT))
+    return state, from_dict(state["space"])
+
+
+def resume(state, space, train, val):
+    """The ``TASSearch`` saved in ``state`` (``load_run``), ready to continue."""
+    searcher = TASSearch(space, train, val, TASConfig(**state["config"]))
+    return searcher.load_state_dict(state)
 
 
 class TASSearch:
@@ -122,6 +135,7 @@ class TASSearch:
         self.gm_w = GradManager().attach(weights)
         self.gm_a = GradManager().attach(self.net.attentions)
         self.history = []
+        self.epoch = 0
 
     def step(self, idx, tau, arch):
         x, y = mge.tensor(self.train_x[idx]), mge.tensor(self.train_y[idx])
@@ -146,11 +160,15 @@ class TASSearch:
         self.net.train()
         return correct / len(self.val_y)
 
-    def run(self, progress=True):
+    def run(self, out=None, until_epoch=None, progress=True):
+        """Search from the current epoch up to ``until_epoch`` (default: all), writing
+        OUT/latest.pkl after every epoch when ``out`` is given."""
         from tqdm import tqdm
 
         cfg = self.cfg
-        for e in range(cfg.epochs):
+        end = cfg.epochs if until_epoch is None else min(until_epoch, cfg.epochs)
+        while self.epoch < end:
+            e = self.epoch
             tau = tau_at(e, cfg.epochs, cfg.tau_max, cfg.tau_min)
             for g in self.opt_w.param_groups:
                 g["lr"] = cosine(e / cfg.epochs, cfg.w_lr, 0.0)
@@ -166,7 +184,26 @@ class TASSearch:
                    "mmacs": get_flop(self.net, "genotype"),
                    "expected_mmacs": float(expected_flops(self.net).numpy())}
             self.history.append(row)
+            self.epoch += 1
             log.info("tas epoch %d: ce %.4f / %.4f, val acc %.4f, widths %s, %.2f MMACs "
                      "(expected %.2f)", e, row["w_ce"], row["arch_ce"], row["val_acc"],
                      row["widths"], row["mmacs"], row["expected_mmacs"])
+            if out:
+                save_checkpoint(self.state_dict(), os.path.join(out, "latest.pkl"))
         return self.history
+
+    def state_dict(self):
+        return {"format": TAS_FORMAT, "space": self.space.to_dict(),
+                "config": dataclasses.asdict(self.cfg), "epoch": self.epoch,
+                "history": self.history, "state_dict": to_numpy(self.net.state_dict()),
+                "opt_w": to_numpy(self.opt_w.state_dict()),
+                "opt_a": to_numpy(self.opt_a.state_dict()),
+                "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state):
+        self.net.load_state_dict(state["state_dict"], strict=True)
+        self.opt_w.load_state_dict(state["opt_w"])
+        self.opt_a.load_state_dict(state["opt_a"])
+        self.rng.bit_generator.state = state["rng"]
+        self.epoch, self.history = int(state["epoch"]), list(state["history"])
+        return self

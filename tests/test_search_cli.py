@@ -101,9 +101,13 @@ def test_train_flags_are_the_search_config_fields_with_its_defaults():
     args = subparsers["train"].parse_args(["--w-lr", "0.5", "--noise", "per_batch"])
     assert search.config_from_args(SearchConfig, args) == SearchConfig(w_lr=0.5,
                                                                       noise="per_batch")
-    defaults = {a.dest: a.default for a in subparsers["tas"]._actions}
+    args = subparsers["tas"].parse_args([])
+    assert search.config_from_args(TASConfig, args) == TASConfig()
+    tas_help = " ".join(subparsers["tas"].format_help().split())
     for field in dataclasses.fields(TASConfig):
-        assert defaults[field.name] == field.default, field.name
+        flag = "--" + field.name.replace("_", "-")
+        assert re.search(re.escape(flag) + r" \S+ .*?\(default: %s\)" % re.escape(str(field.default)),
+                         tas_help), field.name
     assert "(default: 0.01)" in " ".join(subparsers["train"].format_help().split())
 
 
@@ -111,6 +115,47 @@ def test_resume_refuses_settings_it_would_ignore(tmp_path):
     msg = one_line_error(call_tool("search.py", "train", "--resume", "--out", tmp_path,
                                    "--w-lr", "0.5", "--device", "cpu"))
     assert "--w-lr cannot change on --resume" in msg
+
+
+def test_a_killed_tas_search_resumes_to_the_uninterrupted_result(tmp_path):
+    """An uninterrupted 2-epoch search by the CLI, and one stopped after epoch 1 (what its
+    latest.pkl holds when it is killed in epoch 2) then resumed by the CLI: the same arch.json
+    and the same final state, bit for bit."""
+    import numpy as np
+
+    from common.checkpoint import load_checkpoint
+    from common.device import use_device
+
+    search = load_tool("search.py")
+    two = TAS + ["--epochs", "2"]
+    whole = tmp_path / "whole"
+    proc = run_tool("search.py", *two, "--out", whole)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    from search.tas import TASConfig, TASSearch
+
+    args = search.parse_args([str(a) for a in two])
+    space, cfg = search.space_from_args(args), search.config_from_args(TASConfig, args)
+    use_device("cpu")
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    searcher = TASSearch(space, *search.load_digits_for(space), cfg)
+    searcher.run(str(killed), until_epoch=1, progress=False)
+    assert not (killed / "arch.json").exists()
+    proc = run_tool("search.py", "tas", "--resume", "--out", killed, "--device", "cpu",
+                    "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed" in proc.stderr and "at epoch 1 of 2" in proc.stderr
+    assert (killed / "arch.json").read_text() == (whole / "arch.json").read_text()
+    a, b = (load_checkpoint(str(d / "latest.pkl")) for d in (whole, killed))
+    assert a["epoch"] == b["epoch"] == 2 and a["history"] == b["history"]
+    for key, value in a["state_dict"].items():
+        np.testing.assert_array_equal(b["state_dict"][key], value, err_msg=key)
+    # a finished search is not resumed, and resuming keeps the run's own settings
+    for extra, words in (([], "is finished"), (["--w-lr", "0.5"], "--w-lr cannot change")):
+        msg = one_line_error(call_tool("search.py", "tas", "--resume", "--out", killed,
+                                       "--device", "cpu", *extra))
+        assert words in msg
 
 
 def test_search_package_has_no_argparse_or_print():
