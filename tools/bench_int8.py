@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 
 from common import cli  # noqa: E402
 from errors import UserError  # noqa: E402
+from quant import QAT_EPOCHS, QAT_LR  # noqa: E402
 
 
 def tool(*args):
@@ -224,9 +225,9 @@ def parse_args(argv):
                    help="images to calibrate on")
     a.add_argument("--check-images", type=cli.integer(min=1), default=2000,
                    help="held-out (val split) images the rows are measured on")
-    a.add_argument("--qat-epochs", type=cli.integer(min=1), default=2,
+    a.add_argument("--qat-epochs", type=cli.integer(min=1), default=QAT_EPOCHS,
                    help="QAT fine-tuning epochs")
-    a.add_argument("--qat-lr", type=cli.number(above=0), default=0.002,
+    a.add_argument("--qat-lr", type=cli.number(above=0), default=QAT_LR,
                    help="QAT peak learning rate (cosine to 0)")
     a.add_argument("--max-steps-per-epoch", type=cli.integer(min=0), default=0,
                    help="cap on QAT steps per epoch (0 = the whole train split)")

@@ -2,7 +2,7 @@
 
     python tools/quantize.py --load runs/RepVGG-A0-digits/deploy.pkl -o a0_int8.mge
     python tools/quantize.py --load best.pkl --calib ./cifar-10-batches-py -o a0_int8.onnx
-    python tools/quantize.py --load best.pkl --qat --epochs 2 -o a0_qat_int8.mge
+    python tools/quantize.py --load best.pkl --qat -o a0_qat_int8.mge
 
 Post-training quantization (default): the deploy form is calibrated on --calib-images images
 (--calib: a CIFAR batch folder, an ImageNet-style folder, or any folder of images; the built-in
@@ -28,6 +28,7 @@ from common import cli  # noqa: E402
 from common.cpus import cpu_count, threads_arg  # noqa: E402
 from common.device import use_device  # noqa: E402
 from errors import UserError  # noqa: E402
+from quant import QAT_EPOCHS, QAT_LR  # noqa: E402
 
 FORMATS = (".mge", ".onnx")
 
@@ -58,8 +59,8 @@ def parse_args(argv):
                    help="images per calibration / fine-tuning batch")
     g = p.add_argument_group("quantization-aware training")
     g.add_argument("--qat", action="store_true", help="fine-tune with fake quantization first")
-    g.add_argument("--epochs", type=cli.integer(min=1), default=2, help="QAT epochs")
-    g.add_argument("--lr", type=cli.number(above=0), default=0.002, help="QAT peak learning rate "
+    g.add_argument("--epochs", type=cli.integer(min=1), default=QAT_EPOCHS, help="QAT epochs")
+    g.add_argument("--lr", type=cli.number(above=0), default=QAT_LR, help="QAT peak learning rate "
                    "(cosine to 0)")
     g.add_argument("--max-steps-per-epoch", type=cli.integer(min=0), default=0,
                    help="cap on QAT steps per epoch (0 = the whole train split)")
