@@ -93,6 +93,17 @@ def given_config_args(config_class, args):
             if getattr(args, f.name, None) is not None}
 
 
+def refuse_changes_on_resume(config_class, args, allowed=(), what="the run"):
+    """A resumed run keeps its own settings: ``UserError`` naming every config flag the user
+    typed, other than ``allowed``."""
+    changed = sorted(set(given_config_args(config_class, args)) - set(allowed))
+    if changed:
+        raise UserError("%s cannot change on --resume (%s keeps its own settings%s)"
+                        % (", ".join("--" + k.replace("_", "-") for k in changed), what,
+                           "; only " + ", ".join("--" + a for a in allowed) + " may extend it"
+                           if allowed else ""))
+
+
 def config_from_args(config_class, args):
     return config_class(**given_config_args(config_class, args))
 
@@ -281,11 +292,7 @@ def _train(args):
         from search.trainer import load_run
         from search.space import from_dict
 
-        changed = sorted(set(given_config_args(SearchConfig, args)) - {"epochs"})
-        if changed:
-            raise UserError("%s cannot change on --resume (the run keeps its own settings; only "
-                            "--epochs may extend it)" % ", ".join(
-                                "--" + k.replace("_", "-") for k in changed))
+        refuse_changes_on_resume(SearchConfig, args, allowed=("epochs",))
         space = from_dict(load_run(latest)["space"])
         train, val = load_digits_for(space)
         searcher = resume(latest, train, val, args.out, epochs=args.epochs)
@@ -361,10 +368,7 @@ def cmd_tas(args):
 
     latest = os.path.join(args.out, "latest.pkl")
     if args.resume:
-        changed = sorted(given_config_args(TASConfig, args))
-        if changed:
-            raise UserError("%s cannot change on --resume (the search keeps its own settings)"
-                            % ", ".join("--" + k.replace("_", "-") for k in changed))
+        refuse_changes_on_resume(TASConfig, args, what="the search")
         if not os.path.exists(latest):
             raise UserError("no latest.pkl in %s to resume" % args.out)
         if os.path.exists(os.path.join(args.out, "arch.json")):

@@ -27,20 +27,30 @@ def max_threads():
     return MAX_THREADS_PER_CPU * cpu_count()
 
 
+def _out_of_range(n):
+    """Why ``n`` is no thread count, or None when it is one."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= max_threads():
+        return ("must be between 1 and %d (%d x the %d usable CPU cores here; more threads than "
+                "cores only slow things down), got %r"
+                % (max_threads(), MAX_THREADS_PER_CPU, cpu_count(), n))
+    return None
+
+
 def check_threads(n, what="--threads"):
     """``n`` if 1 <= n <= ``max_threads()``, else ``ThreadCountError`` (one line)."""
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= max_threads():
-        raise ThreadCountError("%s must be between 1 and %d (%d x the %d usable CPU cores here; "
-                               "more threads than cores only slow things down), got %r"
-                               % (what, max_threads(), MAX_THREADS_PER_CPU, cpu_count(), n))
+    reason = _out_of_range(n)
+    if reason:
+        raise ThreadCountError("%s %s" % (what, reason))
     return n
 
 
 def threads_arg(text):
     """argparse ``type=`` for a ``--threads`` option (see ``check_threads``)."""
     try:
-        return check_threads(int(text))
+        n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError("expected an integer, got %r" % text) from None
-    except ThreadCountError as e:
-        raise argparse.ArgumentTypeError(str(e).replace("--threads ", "", 1)) from None
+    reason = _out_of_range(n)
+    if reason:  # argparse names the option itself
+        raise argparse.ArgumentTypeError(reason)
+    return n
