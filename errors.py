@@ -22,3 +22,7 @@ class UserKeyError(UserError, KeyError):
 
     def __str__(self):
         return str(self.args[0]) if self.args else ""
+
+
+class ModelFileError(UserError):
+    """An exported model file (.mge, .onnx) that cannot be loaded or run here."""

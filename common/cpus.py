@@ -54,3 +54,68 @@ def threads_arg(text):
     if reason:  # argparse names the option itself
         raise argparse.ArgumentTypeError(reason)
     return n
+
+
+# Instruction-set extensions that decide which kernels a runtime picks (x86 and ARM names as
+# /proc/cpuinfo spells them); a tuned model file is valid only for the same name and set.
+_ISA_PREFIXES = ("sse", "ssse3", "avx", "fma", "f16c", "amx", "popcnt", "asimd", "sve", "neon",
+                 "dotprod", "fp16", "bf16", "i8mm")
+FAKE_CPU_ENV = "REPVGG_FAKE_CPU"  # tests: pretend to be another CPU (a name)
+
+
+def _cpuinfo():
+    """``(model name, set of ISA flags)`` from /proc/cpuinfo (empty where there is none)."""
+    name, flags = None, set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if key in ("model name", "cpu model", "hardware") and name is None:
+                    name = value.strip()
+                elif key in ("flags", "features") and not flags:
+                    flags = {v for v in value.split() if v.startswith(_ISA_PREFIXES)}
+    except OSError:
+        pass
+    return name, flags
+
+
+def cpu_name():
+    """This CPU's model name, as benchmark tables print it."""
+    fake = os.environ.get(FAKE_CPU_ENV)
+    if fake:
+        return fake
+    import platform
+
+    return _cpuinfo()[0] or platform.processor() or platform.machine() or "unknown CPU"
+
+
+def simd_level():
+    """The widest vector extension, in words: 'AVX-512 (avx512f, ... )', 'AVX2', ..."""
+    _, flags = _cpuinfo()
+    if "avx512f" in flags:
+        extra = sorted(f[len("avx512"):].strip("_") for f in flags
+                       if f.startswith("avx512") and f != "avx512f")
+        return "AVX-512 (f, %s)" % ", ".join(extra) if extra else "AVX-512"
+    for flag, label in (("avx2", "AVX2"), ("avx", "AVX"), ("sse4_2", "SSE4.2"),
+                        ("sve", "SVE"), ("asimd", "NEON")):
+        if flag in flags:
+            return label
+    return "unknown"
+
+
+def has_bf16():
+    """Whether this CPU computes in bfloat16 natively (AVX-512 BF16, AMX, ARM BF16)."""
+    return bool({"avx512_bf16", "amx_bf16", "bf16"} & _cpuinfo()[1])
+
+
+def cpu_fingerprint():
+    """What a fast-run algorithm cache and a CPU-specific layout are valid for: the machine,
+    the model name and its ISA extensions. Another CPU gets the portable path."""
+    import platform
+
+    fake = os.environ.get(FAKE_CPU_ENV)
+    if fake:
+        return "%s|%s|" % (platform.machine(), fake)
+    name, flags = _cpuinfo()
+    return "%s|%s|%s" % (platform.machine(), name or "?", ",".join(sorted(flags)))

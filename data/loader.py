@@ -12,6 +12,12 @@ Ctrl-C each worker prints a KeyboardInterrupt traceback. Workers report everythi
 MegEngine's result queue (an exception in a worker is re-raised in the main process), so while
 ``Loader`` starts its workers, stderr is pointed at /dev/null across the fork and the workers
 keep it that way and ignore SIGINT (the main process handles Ctrl-C and stops them).
+
+Workers never outlive the run: each asks the kernel for SIGKILL when its parent dies
+(``PR_SET_PDEATHSIG``, through ``common.lifeline``), so a training run killed with SIGKILL
+takes its workers with it, and the main process waits at most ``WORKER_TIMEOUT_S`` for a batch
+(MegEngine's ``DataLoader(timeout=...)``): a worker that died or hangs is one ``DataError``
+line, not a run that waits forever.
 """
 import contextlib
 import os
@@ -25,17 +31,21 @@ from megengine.data import DataLoader
 from megengine.data.dataset import Dataset
 from megengine.data.sampler import MapSampler
 
+from common.lifeline import set_parent_death_signal
+
 from .images import UnreadableImage
 from .sources import DataError
 
 NOTHING_READABLE = -2  # the ``skipped`` value of a sample drawn from a source with no readable image
+WORKER_TIMEOUT_S = 600  # for one batch from the workers; decoding a batch takes seconds at most
 
 
-_QUIET = {"on": False, "saved": None}
+_QUIET = {"on": False, "saved": None, "parent": None}
 
 
 def _before_fork():
     if _QUIET["on"]:
+        _QUIET["parent"] = os.getpid()
         # Ctrl-C waits until stderr is back (a KeyboardInterrupt inside an at-fork hook would
         # be swallowed, leaving stderr on /dev/null)
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
@@ -55,6 +65,9 @@ def _after_fork_in_parent():
 
 def _after_fork_in_child():
     if _QUIET["saved"] is not None:  # a loader worker: stderr stays /dev/null
+        set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != _QUIET["parent"]:  # the parent died before the line above
+            os._exit(1)
         os.close(_QUIET["saved"])
         _QUIET["saved"] = None
         _QUIET["on"] = False
@@ -163,7 +176,17 @@ class CheckedLoader:
         return len(self.loader)
 
     def __iter__(self):
-        for batch in self.loader:
+        batches = iter(self.loader)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except RuntimeError as e:
+                if "dataloader timeout" not in str(e):
+                    raise
+                raise DataError("the data loader workers gave no batch within %d s (a worker "
+                                "died or hangs); try --workers 0" % WORKER_TIMEOUT_S) from None
             if (np.asarray(batch[2]) == NOTHING_READABLE).any():
                 raise DataError("no readable image in %s (all %d files failed to decode)"
                                 % (self.source.name, len(self.source)))
@@ -182,5 +205,6 @@ def make_loader(source, transform, batch_size, shuffle, seed=0, workers=0, world
     dataset = TransformedDataset(source, transform)
     sampler = EpochSampler(dataset, batch_size, shuffle, seed=seed, drop_last=drop_last,
                            world_size=world_size, rank=rank)
-    return CheckedLoader(Loader(DataLoader(dataset, sampler=sampler, num_workers=workers)),
-                         source), sampler
+    loader = DataLoader(dataset, sampler=sampler, num_workers=workers,
+                        timeout=WORKER_TIMEOUT_S if workers else 0)
+    return CheckedLoader(Loader(loader), source), sampler

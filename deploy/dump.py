@@ -1,8 +1,23 @@
 """Tracing a deploy-form model and dumping it as a MegEngine graph (``.mge``).
 
-The graph optimizations a dumped model is written with are named option sets for
-``megengine.jit.trace.dump``; the exporter uses ``BEST_DUMP_OPTIONS`` (``tools/bench_deploy.py``
-times it against the plain NCHW dump, ``--paths mge mge-nchw``). Never imports ``model``.
+What a ``.mge`` is written with is split in two, because only one half is portable:
+
+- **graph options** (``GRAPH_OPTIONS``), applied when the graph is dumped: MegEngine's inference
+  passes (BN and constant folding, elementwise fusion) and fusing conv + bias + ReLU into one
+  operator. They rewrite the graph with operators every MegEngine build runs on every CPU, so
+  the file is portable.
+- **a tensor layout** (``LAYOUTS``), applied by Lite when it *loads* the file, on the CPU that
+  runs it (``LiteOptions.enable_nchw88``). NCHW88 (channels in blocks of 8) exists for x86 AVX2
+  kernels only, and on some x86 CPUs it does not run at all: MegEngine 1.13's NCHW88 convolution
+  comes from its bundled MKL-DNN 1.x, whose JIT fails on AVX-512 CPUs it predates ("bad err=45 in
+  Xbyak::Error" on an AMD EPYC, then the process hangs in its exit handlers). Dumped into the
+  graph, that layout would make the file itself CPU-specific; recorded as a load-time choice, it
+  is used only on the CPU it was probed on (``deploy/runtime.py``) and any other CPU runs the
+  portable graph.
+
+``--options`` of ``tools/export.py`` names a pair (``OPTIONS``): ``fuse`` (the default) is the
+portable graph, ``nchw88+fuse`` the same graph plus the NCHW88 layout where this CPU runs it.
+Never imports ``model``.
 """
 import numpy as np
 
@@ -12,19 +27,37 @@ INPUT_NAME = "data"
 OUTPUT_NAME = "logits"
 
 # Keyword arguments of ``trace.dump`` (``optimize_for_inference`` is on unless "none"), by name.
-# "default" is MegEngine's inference pass list alone (BN/const folding, elemwise fusion, ...);
-# the others add one option each, so the benchmark shows what each one changes.
-DUMP_OPTIONS = {
+GRAPH_OPTIONS = {
     "none": {"optimize_for_inference": False},
     "default": {},
     "fuse": {"enable_fuse_conv_bias_nonlinearity": True},
-    "nchw88": {"enable_nchw88": True},
-    "nchw88+fuse": {"enable_nchw88": True, "enable_fuse_conv_bias_nonlinearity": True},
 }
-# NCHW88 (channels in blocks of 8, the AVX2 register width) is what makes MegEngine's x86 conv
-# kernels fast; fusing conv + bias + ReLU into one operator saves a pass over every activation.
-# See the README's table ("Deployment and inference speed").
-BEST_DUMP_OPTIONS = "nchw88+fuse"
+# Load-time layouts: the ``LiteOptions`` flag that turns each on (None: the graph as dumped).
+LAYOUTS = {"nchw": None, "nchw88": "enable_nchw88"}
+PORTABLE_LAYOUT = "nchw"
+# --options name -> (graph options, layout)
+OPTIONS = {
+    "none": ("none", "nchw"),
+    "default": ("default", "nchw"),
+    "fuse": ("fuse", "nchw"),
+    "nchw88": ("default", "nchw88"),
+    "nchw88+fuse": ("fuse", "nchw88"),
+}
+DEFAULT_OPTIONS = "fuse"
+
+
+def split_options(name):
+    """``(graph options, layout)`` of an ``--options`` name."""
+    try:
+        return OPTIONS[name]
+    except KeyError:
+        raise UserError("unknown dump options %r; known: %s"
+                        % (name, ", ".join(OPTIONS))) from None
+
+
+def options_name(graph_options, layout):
+    """The ``--options`` name of a pair (the inverse of ``split_options``)."""
+    return next(k for k, v in OPTIONS.items() if v == (graph_options, layout))
 
 
 def trace_device(threads=None):
@@ -37,14 +70,6 @@ def trace_device(threads=None):
     from common.cpus import cpu_count
 
     return "multithread%d:0" % (threads or cpu_count())
-
-
-def dump_options(name):
-    try:
-        return dict(DUMP_OPTIONS[name])
-    except KeyError:
-        raise UserError("unknown dump options %r; known: %s"
-                        % (name, ", ".join(DUMP_OPTIONS))) from None
 
 
 def trace_model(forward, example_input):
@@ -62,16 +87,20 @@ def trace_model(forward, example_input):
     return graph, out
 
 
-def write_graph(graph, file, options=BEST_DUMP_OPTIONS, user_info=None):
-    """Dump a traced graph to ``file`` (a path or a binary file object) with the named dump
-    options; ``user_info`` (a string) is stored in the file's metadata."""
-    kwargs = dump_options(options) if isinstance(options, str) else dict(options)
+def write_graph(graph, file, graph_options=DEFAULT_OPTIONS, user_info=None):
+    """Dump a traced graph to ``file`` (a path or a binary file object) with the named graph
+    options (``GRAPH_OPTIONS``); ``user_info`` (a string) is stored in the file's metadata."""
+    try:
+        kwargs = dict(GRAPH_OPTIONS[graph_options])
+    except KeyError:
+        raise UserError("unknown graph options %r; known: %s"
+                        % (graph_options, ", ".join(GRAPH_OPTIONS))) from None
     optimize = kwargs.pop("optimize_for_inference", True)
     graph.dump(file, arg_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                optimize_for_inference=optimize, user_info=user_info, **kwargs)
 
 
-def dump_model(forward, example_input, file, options=BEST_DUMP_OPTIONS, user_info=None):
+def dump_model(forward, example_input, file, graph_options=DEFAULT_OPTIONS, user_info=None):
     """Trace ``forward`` on ``example_input`` and write the graph to ``file``.
 
     The batch size and resolution of ``example_input`` become the dumped input shape (Lite
@@ -79,5 +108,5 @@ def dump_model(forward, example_input, file, options=BEST_DUMP_OPTIONS, user_inf
     ``example_input`` as numpy.
     """
     graph, out = trace_model(forward, example_input)
-    write_graph(graph, file, options, user_info)
+    write_graph(graph, file, graph_options, user_info)
     return out

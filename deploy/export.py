@@ -91,7 +91,7 @@ def check_exported(run, x, references, what, tolerance=None):
 
 def check_dumped(path, x, references, threads=None, tolerance=None, fmt=None):
     """Run the exported file at ``path`` (``fmt`` 'mge' or 'onnx'; default: by its suffix) on
-    ``x`` with the runtime ``tools/infer.py`` uses (metadata and algorithm cache included) and
+    ``x`` with the runtime ``tools/infer.py`` uses (metadata, layout and algorithm cache) and
     compare with ``references``."""
     fmt = fmt or ("onnx" if os.fspath(path).lower().endswith(".onnx") else "mge")
     if fmt == "onnx":
@@ -127,19 +127,60 @@ def format_of(output, requested=None):
     return fmt
 
 
-def write_mge(source, x, path, options=dump.BEST_DUMP_OPTIONS, threads=None, algo_cache=True):
-    """Trace and dump ``source.deploy`` to ``path`` with its metadata; with ``algo_cache``, profile
-    the dumped graph with fast-run on ``x`` and dump it again carrying the algorithm choices."""
-    from .algo_profile import profile_algorithms
+@dataclasses.dataclass
+class MgeWritten:
+    """What a ``.mge`` export ended up with (the options may have fallen back)."""
+    options: str             # the ``--options`` name in effect
+    algo_cache: bool         # whether the file carries a fast-run algorithm cache
+    notes: list              # one line each: what fell back and why
 
+
+def write_mge(source, x, path, options=dump.DEFAULT_OPTIONS, threads=None, algo_cache=True,
+              deadline=None):
+    """Trace and dump ``source.deploy`` to ``path`` with its metadata (portable graph options);
+    a CPU-specific layout is probed in a child first and dropped, with a note, where this CPU
+    does not run it; with ``algo_cache``, fast-run profiles the file in a child and it is dumped
+    again carrying the choices. Each child has ``deadline`` seconds (default: scaled to the
+    model's forward time, ``lite_child.deadlines``). Returns an ``MgeWritten``."""
+    import time
+
+    from common import cpus
+    from common.children import ChildError
+
+    from . import lite_child
+
+    graph_options, layout = dump.split_options(options)
+    start = time.perf_counter()
     graph, _ = dump.trace_model(source.deploy, x)
-    metadata = source.metadata(x.shape)
-    dump.write_graph(graph, path, options, runtime.encode_metadata(metadata))
+    probe_s, profile_s = ((deadline, deadline) if deadline
+                          else lite_child.deadlines(time.perf_counter() - start))
+    metadata = dict(source.metadata(x.shape), graph_options=graph_options)
+    notes, cache = [], None
+
+    def write():
+        dump.write_graph(graph, path, graph_options, runtime.encode_metadata(metadata))
+
+    write()
+    if layout != dump.PORTABLE_LAYOUT:
+        try:
+            lite_child.probe(path, x, threads, layout, probe_s)
+        except ChildError as e:
+            notes.append("--options %s does not run on this CPU (%s: %s); exported with %s "
+                         "(portable) instead" % (options, cpus.cpu_name(), e, graph_options))
+            layout = dump.PORTABLE_LAYOUT
     if algo_cache:
-        cache = profile_algorithms(path, x, threads)
+        try:
+            cache = lite_child.profile_algorithms(path, x, threads, layout, profile_s)
+        except ChildError as e:
+            notes.append("profiling the algorithms failed (%s); exported without the algorithm "
+                         "cache (slower)" % e)
+    if cache is not None or layout != dump.PORTABLE_LAYOUT:
+        metadata.update(layout=layout, cpu=cpus.cpu_name(), cpu_fingerprint=cpus.cpu_fingerprint())
+    if cache is not None:
         metadata.update(algo_cache=base64.b64encode(cache).decode("ascii"),
                         algo_cache_threads=threads)
-        dump.write_graph(graph, path, options, runtime.encode_metadata(metadata))
+    write()
+    return MgeWritten(dump.options_name(graph_options, layout), cache is not None, notes)
 
 
 def write_onnx(source, x, path):
@@ -162,20 +203,28 @@ def check_batch(spec, batch, images=None, seed=0):
     return sample_inputs(np.random.default_rng(seed), (batch, 3, spec.size, spec.size))
 
 
-def export(source, output, fmt, x, options=dump.BEST_DUMP_OPTIONS, threads=None,
-           algo_cache=True):
+@dataclasses.dataclass
+class Exported:
+    checks: list             # ``model.parity.Parity`` results of the check
+    written: MgeWritten = None  # for a .mge: what it was written with
+
+
+def export(source, output, fmt, x, options=dump.DEFAULT_OPTIONS, threads=None,
+           algo_cache=True, deadline=None):
     """Write ``source`` to ``output`` as ``fmt`` and check it on ``x`` against the eager deploy
-    model (and the eager train model for a train-form source); returns the check results."""
+    model (and the eager train model for a train-form source): an ``Exported``."""
     import megengine as mge
 
     references = [("eager deploy", source.deploy(mge.tensor(x)).numpy())]
     if source.train is not None:
         references.append(("eager train", source.train(mge.tensor(x)).numpy()))
+    result = Exported(None)
     if fmt == "onnx":
         def write(tmp):
             write_onnx(source, x, tmp)
     else:
         def write(tmp):
-            write_mge(source, x, tmp, options, threads, algo_cache)
-    return write_checked(output, write,
-                         lambda tmp: check_dumped(tmp, x, references, threads, fmt=fmt))
+            result.written = write_mge(source, x, tmp, options, threads, algo_cache, deadline)
+    result.checks = write_checked(output, write,
+                                  lambda tmp: check_dumped(tmp, x, references, threads, fmt=fmt))
+    return result

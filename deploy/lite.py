@@ -9,8 +9,9 @@ import os
 import numpy as np
 
 from common.cpus import cpu_count
+from errors import ModelFileError
 
-from .runtime import ModelFileError  # noqa: F401  (raised here; defined where both formats are)
+from .dump import LAYOUTS, PORTABLE_LAYOUT
 
 
 @contextlib.contextmanager
@@ -34,6 +35,8 @@ class DumpedModel:
     weight_preprocess  transform the weights once at load time for the chosen algorithms
     record    record the kernel sequence on the first run and replay it afterwards (less
               dispatch overhead; the input shape must stay the same)
+    layout    the tensor layout Lite converts the graph to at load time (``dump.LAYOUTS``:
+              "nchw" as dumped, "nchw88" for x86 AVX2 kernels; see ``deploy/dump.py``)
     global_layout  let Lite choose every operator's layout by profiling (its global layout
               transform) instead of the layout the file was dumped with
     algo_cache  a fast-run algorithm cache file (``deploy.algo_profile``): fast-run then looks the
@@ -42,7 +45,7 @@ class DumpedModel:
     """
 
     def __init__(self, path, threads=None, fastrun=False, weight_preprocess=False,
-                 record=False, global_layout=False, algo_cache=None):
+                 record=False, global_layout=False, algo_cache=None, layout=PORTABLE_LAYOUT):
         from megenginelite import (LiteAlgoSelectStrategy, LiteConfig, LiteGlobal, LiteNetwork,
                                    LiteOptions)
 
@@ -55,6 +58,10 @@ class DumpedModel:
         options.weight_preprocess = bool(weight_preprocess)
         options.comp_node_seq_record_level = 1 if record else 0
         options.const_shape = bool(record)  # recording needs static shapes
+        if layout not in LAYOUTS:
+            raise ValueError("unknown layout %r; known: %s" % (layout, ", ".join(LAYOUTS)))
+        if LAYOUTS[layout]:
+            setattr(options, LAYOUTS[layout], 1)
         self.network = LiteNetwork(LiteConfig(option=options))
         self.threads = threads or cpu_count()
         if self.threads > 1:

@@ -4,8 +4,17 @@
 ``open_model(path, threads)`` returns an object with ``model(batch) -> logits`` (numpy),
 ``input_shape`` (the exported ``(N, 3, H, W)``), ``num_classes`` and ``metadata`` (a dict:
 ``preprocess`` (a ``PreprocessSpec`` dict), ``classes``, ``arch``, ...; ``{}`` for files written
-elsewhere). A ``.mge`` that carries a fast-run algorithm cache (``algo_cache``, written at export
-time by profiling on the exporting machine) runs with it. Never imports ``model``.
+elsewhere) and ``notes`` (one-line remarks for the user, e.g. that a tuned file runs untuned
+on this CPU).
+
+A ``.mge`` is portable (``deploy/dump.py``); what is tuned to the CPU that exported it, the
+fast-run algorithm cache (``algo_cache``) and a load-time layout such as NCHW88, is recorded
+with that CPU's fingerprint (``common.cpus.cpu_fingerprint``) and used only on the same CPU.
+On another CPU the file runs its portable graph with MegEngine's heuristic algorithm choice
+(slower; said in a note). A ``.mge`` whose graph is not known to be portable (written by an
+earlier version, whose default dumped NCHW88 into the graph, or by another program) is first
+run once in a child process under a deadline (``deploy/lite_child.py``): a file that cannot
+run on this CPU is one ``ModelFileError`` line, never a hang. Never imports ``model``.
 """
 import base64
 import contextlib
@@ -14,20 +23,24 @@ import logging
 import os
 import tempfile
 
+from common import cpus
 from common.cpus import cpu_count
-from errors import UserError
+from errors import ModelFileError
 
+from . import lite, lite_child
+from .dump import PORTABLE_LAYOUT
 from .preprocess import PreprocessSpec, imagenet_spec
 
 log = logging.getLogger(__name__)
 
-
-class ModelFileError(UserError):
-    """A model file (.mge, .onnx) that cannot be loaded."""
-
-
 METADATA_KEY = "repvgg_megengine"  # the ONNX metadata_props key holding the JSON metadata
-METADATA_FORMAT = "repvgg-megengine-model/1"
+# /2: the .mge graph is portable, its tuning is recorded with the CPU it is valid for;
+# /1: written before that (the graph itself may hold a CPU-specific layout)
+METADATA_FORMAT = "repvgg-megengine-model/2"
+LEGACY_FORMATS = ("repvgg-megengine-model/1",)
+# running a .mge of unknown portability once in a child: start-up + loading and one pass,
+# which grow with the weights (A0: 33 MB, B3: 490 MB)
+PROBE_DEADLINE_S = (30.0, 0.1)  # seconds, seconds per MB of file
 
 
 def encode_metadata(metadata):
@@ -42,9 +55,15 @@ def decode_metadata(text, path):
         metadata = json.loads(text)
     except ValueError:
         raise ModelFileError("%s carries metadata that is not JSON" % path) from None
-    if not isinstance(metadata, dict) or metadata.get("format") != METADATA_FORMAT:
+    if not isinstance(metadata, dict) or metadata.get("format") not in (METADATA_FORMAT,
+                                                                         *LEGACY_FORMATS):
         return {}  # written by something else: ignored, as if absent
     return metadata
+
+
+def tuned_for_this_cpu(metadata):
+    """Whether a ``.mge``'s algorithm cache and layout were profiled on this CPU."""
+    return metadata.get("cpu_fingerprint") == cpus.cpu_fingerprint()
 
 
 def spec_of(model):
@@ -56,6 +75,16 @@ def spec_of(model):
     spec = imagenet_spec(model.input_shape[-1])
     return spec, ("the model records no preprocessing; using ImageNet's (resize %d, crop %d)"
                   % (spec.resize, spec.size))
+
+
+def _checked_batch(batch, input_shape):
+    import numpy as np
+
+    batch = np.ascontiguousarray(batch, dtype=np.float32)
+    if batch.ndim != 4 or batch.shape[1:] != tuple(input_shape[1:]):
+        raise ValueError("input of shape %s does not fit the model's (N, %d, %d, %d)"
+                         % ((batch.shape,) + tuple(input_shape[1:])))
+    return batch
 
 
 class OnnxModel:
@@ -90,16 +119,54 @@ class OnnxModel:
         self.metadata = decode_metadata(props.get(METADATA_KEY), path)
 
     def __call__(self, batch):
-        import numpy as np
-
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if batch.ndim != 4 or batch.shape[1:] != self.input_shape[1:]:
-            raise ValueError("input of shape %s does not fit the model's (N, %d, %d, %d)"
-                             % ((batch.shape,) + tuple(self.input_shape[1:])))
+        batch = _checked_batch(batch, self.input_shape)
         out = self.session.run([self._output], {self._input: batch})[0]
         if self.num_classes is None:
             self.num_classes = out.shape[-1]
         return out
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+class OpenVinoBf16Model:
+    """A ``.onnx`` file run by OpenVINO (CPU) in bfloat16: the reduced-precision route, opt-in
+    (``tools/infer.py --precision bf16``) and only on a CPU with bf16 instructions
+    (``common.cpus.has_bf16``: AVX-512 BF16 or AMX), where OpenVINO's kernels compute in bf16
+    with float32 accumulation. The logits differ from float32 by about 1e-2 relative (the
+    README's deploy section has the accuracy on trained models)."""
+
+    def __init__(self, path, threads=None):
+        import onnx
+        import openvino as ov
+
+        if not os.path.isfile(path):
+            raise ModelFileError("model file not found: %s" % path)
+        if not cpus.has_bf16():
+            raise ModelFileError("--precision bf16 needs a CPU with bf16 instructions "
+                                 "(avx512_bf16 or amx_bf16); this one (%s) has none"
+                                 % cpus.cpu_name())
+        try:
+            proto = onnx.load(path, load_external_data=False)
+            compiled = ov.Core().compile_model(path, "CPU", {
+                "INFERENCE_NUM_THREADS": threads or cpu_count(),
+                "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16"})
+        except Exception as e:  # onnx and OpenVINO raise their own types for a bad file
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelFileError("%s is not a loadable ONNX model (%s)" % (path, first[:200])) \
+                from None
+        shape = [d.dim_value or 1 for d in proto.graph.input[0].type.tensor_type.shape.dim]
+        out = [d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim]
+        self.input_shape = tuple(shape)
+        self.num_classes = out[-1] if out and out[-1] else None
+        props = {p.key: p.value for p in proto.metadata_props}
+        self.metadata = decode_metadata(props.get(METADATA_KEY), path)
+        self._request = compiled.create_infer_request()
+
+    def __call__(self, batch):
+        batch = _checked_batch(batch, self.input_shape)
+        self._request.infer({0: batch})
+        return self._request.get_output_tensor(0).data.copy()
 
 
 @contextlib.contextmanager
@@ -115,30 +182,66 @@ def _cache_file(data):
             os.unlink(path)
 
 
-def open_mge(path, threads=None, **lite_options):
-    """A ``.mge``: its metadata read first, then loaded by Lite with its algorithm cache."""
-    from . import lite
+def _probe(path, threads):
+    """Run a ``.mge`` of unknown portability once in a child; ``ModelFileError`` if it fails."""
+    from common.children import ChildError
 
+    try:
+        base, per_mb = PROBE_DEADLINE_S
+        lite_child.probe(path, None, threads, PORTABLE_LAYOUT,
+                         base + per_mb * os.path.getsize(path) / 1e6)
+    except ChildError as e:
+        raise ModelFileError("%s does not run on this CPU (%s): %s; export the model again "
+                             "with tools/export.py, whose files are portable"
+                             % (path, cpus.cpu_name(), e)) from None
+
+
+def open_mge(path, threads=None, **lite_options):
+    """A ``.mge``: its metadata read first, then loaded by Lite with the algorithm cache and
+    layout it was tuned with, where this is the CPU they were tuned on."""
     if not os.path.isfile(path):
         raise ModelFileError("model file not found: %s" % path)
     metadata = decode_metadata(lite.read_user_info(path), path)
     cache = metadata.pop("algo_cache", None)
+    layout = metadata.get("layout", PORTABLE_LAYOUT)
+    notes = []
+    if metadata.get("format") != METADATA_FORMAT:
+        _probe(path, threads)
+        if cache:
+            notes.append("%s was written by an earlier version; its algorithm cache is not "
+                         "used (export it again for full speed)" % path)
+        cache, layout = None, PORTABLE_LAYOUT
+    elif (cache or layout != PORTABLE_LAYOUT) and not tuned_for_this_cpu(metadata):
+        notes.append("%s was tuned on another CPU (%s); this one is %s: running its portable "
+                     "graph untuned (slower; export it on this machine for full speed)"
+                     % (path, metadata.get("cpu", "unknown"), cpus.cpu_name()))
+        cache, layout = None, PORTABLE_LAYOUT
+    lite_options.setdefault("layout", layout)
     if cache and "algo_cache" not in lite_options:
         with _cache_file(base64.b64decode(cache)) as cache_path:
             model = lite.DumpedModel(path, threads=threads, algo_cache=cache_path,
                                      **lite_options)
     else:
         model = lite.DumpedModel(path, threads=threads, **lite_options)
-    model.metadata = metadata
+    model.metadata, model.notes = metadata, notes
     return model
 
 
-def open_model(path, threads=None, **lite_options):
-    """An exported model by its suffix: ``.mge`` (Lite) or ``.onnx`` (ONNX Runtime)."""
+def open_model(path, threads=None, precision="fp32", **lite_options):
+    """An exported model by its suffix: ``.mge`` (Lite) or ``.onnx`` (ONNX Runtime; OpenVINO
+    in bf16 with ``precision="bf16"``)."""
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lower()
+    if precision not in PRECISIONS:
+        raise ModelFileError("unknown precision %r; known: %s" % (precision, ", ".join(PRECISIONS)))
+    if precision == "bf16" and suffix != ".onnx":
+        raise ModelFileError("--precision bf16 runs a .onnx (through OpenVINO); export the "
+                             "model with --output NAME.onnx")
     if suffix == ".onnx":
-        return OnnxModel(path, threads)
+        model = OpenVinoBf16Model(path, threads) if precision == "bf16" \
+            else OnnxModel(path, threads)
+        model.notes = []
+        return model
     if suffix == ".mge":
         return open_mge(path, threads, **lite_options)
     raise ModelFileError("%s: unknown model format %r (expected .mge or .onnx)"

@@ -8,7 +8,6 @@ import functools
 import json
 import os
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -33,8 +32,10 @@ def require_torch_venv():
 def run_torch(*args, timeout=300):
     """Run a script under the torch venv from the project root; fail the test on error."""
     require_torch_venv()
-    proc = subprocess.run([TORCH_PY, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    from common import children
+
+    proc = children.run([TORCH_PY, *map(str, args)], timeout, cwd=ROOT, capture_output=True,
+                        text=True)
     if proc.returncode != 0:
         pytest.fail("torch venv command %s failed:\n%s" % (args, proc.stderr[-3000:]),
                     pytrace=False)

@@ -7,9 +7,48 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_tool(*args, timeout=600, **kwargs):
-    """Run ``python <args>`` from the project root; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, **kwargs)
+    """Run ``python <args>`` from the project root as the toolkit runs its children
+    (``common.children``: a deadline, killed with everything it started if this test ends
+    first); returns the CompletedProcess."""
+    from common import children
+
+    kwargs.setdefault("capture_output", True)
+    kwargs.setdefault("text", True)
+    return children.run([sys.executable, *map(str, args)], timeout, cwd=ROOT, **kwargs)
+
+
+def processes_mentioning(text):
+    """Pids of live processes whose command line contains ``text`` (zombies excluded)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+            with open("/proc/%s/stat" % pid) as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z" and int(pid) != os.getpid():
+            found.append(int(pid))
+    return found
+
+
+def assert_top_k(printed, probs, atol):
+    """``printed``: ``[(class index, percent), ...]`` as a tool printed its top-k for one image;
+    ``probs``: the model's probabilities for it, computed independently. Each printed value is
+    that class's probability, the list is sorted, and no class left out beats the last one
+    printed: near-ties (within ``atol`` percent) may come in either order, as kernels on
+    another CPU round differently."""
+    import numpy as np
+
+    classes = [c for c, _ in printed]
+    values = np.array([v for _, v in printed])
+    assert len(set(classes)) == len(classes), printed
+    np.testing.assert_allclose(values, 100 * probs[classes], atol=atol)
+    assert (np.diff(values) <= 1e-9).all(), printed
+    left_out = np.delete(probs, classes)
+    if left_out.size:
+        assert 100 * left_out.max() <= values.min() + atol, printed
 
 
 def one_line_error(proc):

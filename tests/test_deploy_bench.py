@@ -20,7 +20,7 @@ def test_bench_deploy_quick_runs_every_path_on_the_same_network():
     assert proc.returncode == 0, proc.stderr
     rows = table_rows(proc.stdout)
     assert list(rows) == ["PyTorch eager", "ONNX Runtime (our .onnx)", "OpenVINO (our .onnx)",
-                          "ours: .mge, export defaults (nchw88+fuse, algo cache)",
+                          "ours: .mge, export defaults (fuse, algo cache)",
                           "ours: .onnx, deploy.runtime (ONNX Runtime, .venv)"]
     for name, cells in rows.items():
         assert not cells[3].startswith("failed"), cells

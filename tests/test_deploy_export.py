@@ -3,7 +3,6 @@ failed check leaves nothing behind, and inference runs without the model code.""
 import os
 import re
 import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -12,12 +11,12 @@ from PIL import Image
 import megengine as mge
 
 import model
-from deploy import dump, lite, preprocess, runtime
+from deploy import dump, lite, lite_child, preprocess, runtime
 from deploy import export as ex
 from common.checkpoint import save_checkpoint
 from model.checkpoint import checkpoint_dict, numpy_state_dict
 from model.parity import DEFAULT_TOLERANCE, randomize_batchnorm, sample_inputs
-from helpers import ROOT, one_line_error, run_tool
+from helpers import one_line_error, run_tool
 
 SIZE, BATCH, CLASSES = 64, 2, 10
 
@@ -76,13 +75,25 @@ for options in sys.argv[3:]:
 
 def test_every_dump_option_set_exports_and_checks(exported):
     # One process for all option sets (each export checks its file against eager train and
-    # deploy and raises if they differ).
-    others = sorted(set(dump.DUMP_OPTIONS) - {dump.BEST_DUMP_OPTIONS})
+    # deploy and raises if they differ). The portable ones are used as asked; a CPU-specific
+    # layout is used where this CPU runs it, else one warning names it and the fallback.
+    others = sorted(set(dump.OPTIONS) - {dump.DEFAULT_OPTIONS})
     proc = run_tool("-c", EXPORT_EACH, exported["ckpt"], exported["folder"], *others)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("exported RepVGG-A0") == len(others)
-    for options in others:
-        assert (exported["folder"] / ("a0_%s.mge" % options)).is_file()
+    done = re.findall(r"exported RepVGG-A0 \(train form in, options (\S+?)[,)]", proc.stdout)
+    assert len(done) == len(others), proc.stdout
+    warnings = [l for l in proc.stderr.splitlines() if l.startswith("warning: --options")]
+    for asked, used in zip(others, done):
+        graph_options, layout = dump.split_options(asked)
+        if layout == dump.PORTABLE_LAYOUT:
+            assert used == asked
+        elif used != asked:
+            assert used == graph_options
+            assert sum("--options %s does not run on this CPU" % asked in w
+                       and "exported with %s (portable) instead" % used in w
+                       for w in warnings) == 1, proc.stderr
+        assert (exported["folder"] / ("a0_%s.mge" % asked)).is_file()
+    assert len(warnings) == sum(u != a for a, u in zip(others, done))
 
 
 def test_failed_check_leaves_no_file(exported, tmp_path):
@@ -238,7 +249,6 @@ def test_the_shipped_algorithm_cache_is_what_infer_needs(exported, tmp_path):
     # exporter's own process did).
     import base64
     import json
-    import subprocess
 
     info = json.loads(lite.read_user_info(str(exported["mge"])))
     assert info["format"] == runtime.METADATA_FORMAT
@@ -247,10 +257,6 @@ def test_the_shipped_algorithm_cache_is_what_infer_needs(exported, tmp_path):
     assert len(shipped) > 100  # not the 4-byte empty cache
     (tmp_path / "shipped.cache").write_bytes(shipped)
     x = sample_inputs(np.random.default_rng(1), (BATCH, 3, SIZE, SIZE))
-    np.save(tmp_path / "x.npy", x)
-    proc = subprocess.run([sys.executable, "-m", "deploy.algo_profile", "replay",
-                           str(exported["mge"]), str(tmp_path / "x.npy"), "2",
-                           str(tmp_path / "shipped.cache"), str(tmp_path / "after.cache")],
-                          cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "after.cache").stat().st_size == len(shipped)
+    after = lite_child.replay(str(exported["mge"]), x, 2, info["layout"],
+                              str(tmp_path / "shipped.cache"), deadline=300)
+    assert len(after) == len(shipped)

@@ -95,8 +95,15 @@ def test_infer_on_the_export_gives_predicts_answer(tmp_path, dataset, fmt):
     expected, got = parse_predict(predicted.stdout), parse_infer(inferred.stdout)
     assert sorted(expected) == sorted(got) == sorted(str(p) for p in images)
     for path in expected:
-        assert [c for c, _ in got[path]] == [c for c, _ in expected[path]], path
+        # The same answer from two runtimes: the same values (both print two decimals), the
+        # same classes except where two of them tie to within that (kernels round differently
+        # on another CPU), and the top class agrees.
+        assert got[path][0][0] == expected[path][0][0], path
         for (_, a), (_, b) in zip(got[path], expected[path]):
-            assert abs(a - b) <= 0.01 + 1e-9, path  # both print two decimals
+            assert abs(a - b) <= 0.01 + 1e-9, path
+        values = dict(expected[path])
+        for name, value in got[path]:
+            if name not in values:  # a class that tied with the last one predict printed
+                assert abs(value - expected[path][-1][1]) <= 0.01 + 1e-9, path
     # Different images get different answers (the check is not on a constant output).
     assert len({tuple(v) for v in got.values()}) == len(images)

@@ -126,12 +126,13 @@ def test_searched_network_converts_exports_and_evaluates_after_arch_json_is_gone
     # M4: train.py --arch arch.json (a relative path) records the architecture itself, so the
     # checkpoints rebuild it from another folder once arch.json is deleted.
     import shutil
-    import subprocess
     import sys
 
+    from common import children
+
     def tool(cwd, script, *args):
-        proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)],
-                              cwd=cwd, capture_output=True, text=True, timeout=600)
+        proc = children.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], 600,
+                            cwd=cwd, capture_output=True, text=True)
         assert proc.returncode == 0, (script, proc.stderr[-3000:])
         return proc
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from common.checkpoint import load_checkpoint
-from helpers import ROOT, one_line_error, run_tool
+from helpers import ROOT, one_line_error, processes_mentioning, run_tool
 
 TINY = ["--image-size", "16", "--batch-size", "16", "--device", "cpu", "--workers", "0",
         "--max-val-images", "32", "--eval-batch-size", "32", "--no-progress"]
@@ -285,3 +285,21 @@ def test_loader_workers_print_nothing_and_ctrl_c_is_clean(tmp_path, reaped):
     assert err.rstrip().endswith("interrupted")
     with open(os.path.join(out2, "train.log")) as f:
         assert "interrupted in epoch 1" in f.read()
+
+
+def test_loader_workers_die_with_a_run_killed_by_sigkill(tmp_path, reaped):
+    out = str(tmp_path / "k")
+    run = subprocess.Popen(_train_cmd(out, epochs=50, steps=20, extra=["--workers", "2"]),
+                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    reaped(run)
+    _wait_for(os.path.join(out, "train.log"), run)
+    end = time.time() + 60  # the workers are forked copies of the run: same command line
+    while len(processes_mentioning(out)) < 3 and time.time() < end:
+        time.sleep(0.1)
+    assert len(processes_mentioning(out)) >= 3, processes_mentioning(out)
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    end = time.time() + 10
+    while processes_mentioning(out) and time.time() < end:
+        time.sleep(0.1)
+    assert processes_mentioning(out) == []

@@ -16,15 +16,15 @@ Needs the PyTorch venv (.torchvenv, `make setup-torch`).
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from common import cli  # noqa: E402
+from common import children, cli  # noqa: E402
 
+CHILD_DEADLINE_S = 900  # one load, save or conversion of a checkpoint (B3: 500 MB)
 TORCH_PY = os.path.join(ROOT, ".torchvenv", "bin", "python")
 
 # Runs in a fresh interpreter: argv = [mode, checkpoint path, output folder].
@@ -120,15 +120,17 @@ def make_checkpoint(folder, arch):
     with open(shapes_file, "w") as f:
         json.dump(shapes, f)
     path = os.path.join(folder, "%s-train.pth" % arch)
-    subprocess.run([TORCH_PY, "-c", MAKE, shapes_file, path], check=True)
+    children.run([TORCH_PY, "-c", MAKE, shapes_file, path], CHILD_DEADLINE_S,
+                 what="writing the .pth with PyTorch", check=True, capture_output=True,
+                 text=True)
     return path
 
 
 def measure(python, mode, path, folder, check=False):
-    proc = subprocess.run([python, "-c", CHILD, mode, path, folder, "1" if check else "0"],
-                          cwd=ROOT, capture_output=True, text=True)
+    proc = children.run([python, "-c", CHILD, mode, path, folder, "1" if check else "0"],
+                        CHILD_DEADLINE_S, what=mode, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise cli.UserError("%s failed: %s" % (mode, proc.stderr.strip().splitlines()[-1:]))
+        raise cli.UserError("%s failed: %s" % (mode, children.last_line(proc)))
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -12,10 +12,11 @@ files and one .onnx, which ONNX Runtime and OpenVINO also run.
 
 Paths (--paths): peers: PyTorch eager, channels_last, TorchScript (trace + freeze), torch.compile
 (inductor), ONNX Runtime and OpenVINO on the exported .onnx (all in .torchvenv); ours: the .mge
-as tools/export.py writes it by default (NCHW88 + fused conv/bias/ReLU, fast-run algorithm cache
-recorded at export) opened as tools/infer.py opens it, the same without the cache, with Lite's
-weight preprocessing, the plain NCHW dump, and the .onnx through deploy.runtime (ONNX Runtime of
-.venv, what tools/infer.py runs for a .onnx).
+as tools/export.py writes it by default (portable graph with fused conv/bias/ReLU, fast-run
+algorithm cache recorded at export) opened as tools/infer.py opens it, the same without the
+cache, with Lite's weight preprocessing, with the x86 NCHW88 layout (--options nchw88+fuse; the
+row says when this CPU cannot run it and the export fell back), the dump without fusion, and
+the .onnx through deploy.runtime (ONNX Runtime of .venv, what tools/infer.py runs for a .onnx).
 
 Timing: every measurement is a fresh process (tools/torch_bench_worker.py or
 tools/mge_bench_worker.py) that loads the model, runs --warmup untimed passes and --runs timed
@@ -30,7 +31,6 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,8 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from common import cli  # noqa: E402
-from common.cpus import cpu_count, threads_arg  # noqa: E402
+from common import children, cli  # noqa: E402
+from common.cpus import cpu_count, cpu_name, simd_level, threads_arg  # noqa: E402
 from errors import UserError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,29 +59,28 @@ PATHS = {
     "compile": ("PyTorch torch.compile", True, "compile"),
     "onnxruntime": ("ONNX Runtime (our .onnx)", True, "onnxruntime"),
     "openvino": ("OpenVINO (our .onnx)", True, "openvino"),
-    "mge": ("ours: .mge, export defaults (nchw88+fuse, algo cache)", False,
-            ("mge", "nchw88+fuse:cache", [])),
-    "mge-nocache": ("ours: .mge, nchw88+fuse, no algo cache", False,
-                    ("mge", "nchw88+fuse:nocache", [])),
+    "openvino-default": ("OpenVINO, its default precision (bf16 on CPUs that have it)", True,
+                         "openvino-default"),
+    "mge": ("ours: .mge, export defaults (fuse, algo cache)", False,
+            ("mge", "fuse:cache", [])),
+    "mge-nocache": ("ours: .mge, fuse, no algo cache", False, ("mge", "fuse:nocache", [])),
     "mge-wp": ("ours: .mge, export defaults + weight_preprocess", False,
-               ("mge", "nchw88+fuse:cache", ["--weight-preprocess"])),
-    "mge-nchw": ("ours: .mge, NCHW dump (default options), algo cache", False,
+               ("mge", "fuse:cache", ["--weight-preprocess"])),
+    "mge-nchw88": ("ours: .mge, nchw88+fuse (x86 AVX2 layout), algo cache", False,
+                   ("mge", "nchw88+fuse:cache", [])),
+    "mge-nchw": ("ours: .mge, no fusion (default options), algo cache", False,
                  ("mge", "default:cache", [])),
     "ours-onnx": ("ours: .onnx, deploy.runtime (ONNX Runtime, .venv)", False, "onnx"),
+    "ours-bf16": ("ours: .onnx --precision bf16 (OpenVINO bf16, deploy.runtime)", False,
+                  "onnx-bf16"),
+    "ours-int8": ("ours: int8 QDQ .onnx, PTQ (ONNX Runtime; VNNI where the CPU has it)", False,
+                  "int8"),
 }
+# Reduced precision: not float32 rounding, so their logits are reported, not held to TOLERANCE,
+# and they are not "the best peer" the float paths are compared with.
+REDUCED = {"openvino-default", "ours-bf16", "ours-int8"}
 QUICK = dict(arch=["RepVGG-A0"], batch=[1], size=32, rounds=1, warmup=0, runs=2,
              paths=["eager", "onnxruntime", "openvino", "mge", "ours-onnx"])
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 class WorkerError(Exception):
@@ -93,13 +92,13 @@ def call(python, script, args, timeout):
     if not os.path.exists(python):
         raise UserError("no Python at %s (see the README's set-up)" % python)
     try:
-        proc = subprocess.run([python, script] + [str(a) for a in args], capture_output=True,
-                              text=True, timeout=timeout, cwd=ROOT)
-    except subprocess.TimeoutExpired:
+        proc = children.run([python, script] + [str(a) for a in args], timeout,
+                            what=os.path.basename(script), capture_output=True, text=True,
+                            cwd=ROOT)
+    except children.ChildTimeout:
         raise WorkerError("timed out after %d s" % timeout) from None
     if proc.returncode != 0:
-        lines = [l for l in proc.stderr.splitlines() if l.strip()]
-        raise WorkerError(lines[-1][:160] if lines else "exit status %d" % proc.returncode)
+        raise WorkerError(children.last_line(proc)[:160])
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -127,8 +126,10 @@ def run_path(row, arch, batch, files, folder, args, logits):
         reply = call(TORCH_PYTHON, TORCH_WORKER, ["run", "--mode", row.how, "--arch", arch,
                                                   "--weights", files["pth"], "--onnx",
                                                   files["onnx"]] + common, args.timeout)
-    elif row.how == "onnx":
-        reply = call(MGE_PYTHON, MGE_WORKER, ["run", "--model", files["onnx"]] + common,
+    elif row.how in ("onnx", "onnx-bf16", "int8"):
+        model = files["int8" if row.how == "int8" else "onnx"]
+        precision = ["--precision", "bf16"] if row.how == "onnx-bf16" else []
+        reply = call(MGE_PYTHON, MGE_WORKER, ["run", "--model", model] + common + precision,
                      args.timeout)
     else:
         _, variant, flags = row.how
@@ -153,7 +154,7 @@ def compare_logits(rows, outputs):
             bad.append("%s: shape %s vs %s" % (r.name, got.shape, expected.shape))
             continue
         r.diff = float(np.abs(got - expected).max() / np.abs(expected).max())
-        if not r.diff <= TOLERANCE:
+        if r.key not in REDUCED and not r.diff <= TOLERANCE:
             bad.append("%s: max relative difference %.1e from %s" % (r.name, r.diff, ref.name))
     if bad:
         raise UserError("the paths do not compute the same logits: " + "; ".join(bad))
@@ -168,13 +169,20 @@ def bench_arch(arch, args, folder):
     for batch in args.batch:
         x_files.append(os.path.join(folder, "x_b%d.npy" % batch))
         np.save(x_files[-1], sample_input(rng, (batch, 3, args.size, args.size)))
-    variants = sorted({PATHS[k][2][1] for k in args.paths if not PATHS[k][1]
-                       and PATHS[k][2] != "onnx"})
-    files.update(call(MGE_PYTHON, MGE_WORKER, [
+    variants = sorted({PATHS[k][2][1] for k in args.paths
+                       if isinstance(PATHS[k][2], tuple)})
+    int8 = ["--int8"] if "ours-int8" in args.paths else []
+    prepared = call(MGE_PYTHON, MGE_WORKER, [
         "prepare", "--weights", files["pth"], "--arch", arch, "--folder", folder, "--threads",
-        args.threads, "--input"] + x_files + ["--variant"] + variants, args.timeout)["files"])
+        args.threads, "--input"] + x_files + int8 + ["--variant"] + variants, args.timeout)
+    files.update(prepared["files"])
     for batch in args.batch:
         rows = [Row(k) for k in args.paths]
+        for row in rows:
+            asked = row.how[1].split(":")[0] if isinstance(row.how, tuple) else None
+            used = prepared["used"].get("%d/%s" % (batch, row.how[1])) if asked else None
+            if used and used != asked:
+                row.name += " (this CPU cannot run %s: fell back to %s)" % (asked, used)
         outputs = {r.key: os.path.join(folder, "out_%s_b%d_%s.npy" % (arch, batch, r.key))
                    for r in rows}
         for round_ in range(args.rounds):
@@ -198,7 +206,7 @@ def format_rows(arch, batch, rows):
     def median(r):
         return statistics.median(r.ips)
 
-    peers = [median(r) for r in rows if r.peer and r.error is None]
+    peers = [median(r) for r in rows if r.peer and r.error is None and r.key not in REDUCED]
     best = max(peers) if peers else None
     lines = []
     for r in rows:
@@ -249,24 +257,24 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, _interrupt)
     start = time.time()
     load = os.getloadavg()[0]
-    lines = []
+    # The table is printed as it is measured (a long run that fails later keeps what it has);
+    # the command and the conditions follow it.
+    print("| model | batch | path | img/s (median) | min-max over rounds | vs best peer "
+          "| max rel diff | load + first run (s) |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_deploy.") as folder:
         for arch in args.arch:
             for batch, rows in bench_arch(arch, args, folder):
-                lines += format_rows(arch, batch, rows)
+                print("\n".join(format_rows(arch, batch, rows)), flush=True)
+    print()
     print("```")
     print(".venv/bin/python tools/bench_deploy.py " + " ".join(argv if argv is not None
                                                                 else sys.argv[1:]))
-    print("%s, %d threads per path; %dx%d input; %d rounds x (%d warm-up + %d timed runs) per "
-          "path; load average %.2f at start, %.2f at the end; %.0f s"
-          % (cpu_name(), args.threads, args.size, args.size, args.rounds, args.warmup,
-             args.runs, load, os.getloadavg()[0], time.time() - start))
+    print("%s, %s; %d threads per path; %dx%d input; %d rounds x (%d warm-up + %d timed runs) "
+          "per path; load average %.2f at start, %.2f at the end; %.0f s"
+          % (cpu_name(), simd_level(), args.threads, args.size, args.size, args.rounds,
+             args.warmup, args.runs, load, os.getloadavg()[0], time.time() - start))
     print("```")
-    print()
-    print("| model | batch | path | img/s (median) | min-max over rounds | vs best peer "
-          "| max rel diff | load + first run (s) |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
-    print("\n".join(lines))
     return 0
 
 

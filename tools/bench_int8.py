@@ -27,7 +27,6 @@ speed     float .mge (MegEngine Lite), int8 .mge (Lite), float .onnx and int8 QD
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,19 +39,20 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
-from common import cli  # noqa: E402
+from common import children, cli  # noqa: E402
 from errors import UserError  # noqa: E402
 from quant import QAT_EPOCHS, QAT_LR  # noqa: E402
+
+TOOL_DEADLINE_S = 4 * 3600  # one tool run: quantization-aware fine-tuning takes the longest
 
 
 def tool(*args):
     """Run a project tool in its own process; raise with its error line if it fails."""
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True)
+    what = " ".join(map(str, args[:2]))
+    proc = children.run([sys.executable, *map(str, args)], TOOL_DEADLINE_S, what=what, cwd=ROOT,
+                        capture_output=True, text=True)
     if proc.returncode != 0:
-        lines = [l for l in proc.stderr.splitlines() if l.strip()]
-        raise UserError("%s failed: %s" % (" ".join(map(str, args[:2])),
-                                           lines[-1] if lines else "exit %d" % proc.returncode))
+        raise UserError("%s failed: %s" % (what, children.last_line(proc)))
     return proc.stdout
 
 

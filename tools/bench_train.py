@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -32,10 +31,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tqdm import tqdm  # noqa: E402
 
-from common import cli  # noqa: E402
+from common import children, cli  # noqa: E402
 from errors import UserError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER_DEADLINE_S = 1800  # one worker: warm-up and timed steps of one variant at one size
 VARIANTS = ("megengine", "megengine-traced", "megengine-own-conv", "pytorch")
 
 
@@ -148,12 +148,13 @@ def worker_command(args, variant, size, profile):
 
 def run_worker(args, variant, size, profile=False):
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    proc = subprocess.run(worker_command(args, variant, size, profile), cwd=ROOT, env=env,
-                          capture_output=True, text=True)
+    proc = children.run(worker_command(args, variant, size, profile), WORKER_DEADLINE_S,
+                        what="the %s worker at %dx%d" % (variant, size, size), cwd=ROOT,
+                        env=env, capture_output=True, text=True)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
     if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise UserError("the %s worker failed at %dx%d: %s" % (variant, size, size, tail))
+        raise UserError("the %s worker failed at %dx%d: %s"
+                        % (variant, size, size, children.last_line(proc)))
     return json.loads(lines[-1])
 
 

@@ -10,6 +10,12 @@ checkpoint records (train.py records them, tools/convert.py keeps them); a check
 nothing is taken as ImageNet at 224 (the same rule as tools/predict.py), or as the data set of
 the --data folder. The class names the checkpoint records must be the data's. Unreadable
 validation images are named in a warning, left out and counted.
+
+--exported FILE scores an exported model (tools/export.py's .mge or .onnx, run as tools/infer.py
+runs it; --precision bf16 for a .onnx in bfloat16 through OpenVINO) on the same split, prepared
+as for the checkpoint it was exported from:
+
+    python tools/eval.py runs/RepVGG-A0-digits/deploy.pkl --exported a0.onnx --precision bf16
 """
 import logging
 import os
@@ -42,6 +48,10 @@ def parse_args(argv):
     p.add_argument("--workers", type=cli.integer(min=0, max=64), default=0,
                    help="loader worker processes")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--exported", metavar="FILE",
+                   help="score this exported model (.mge or .onnx) instead of the checkpoint")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="with --exported: bf16 runs a .onnx in bfloat16 (OpenVINO)")
     return p.parse_args(argv)
 
 
@@ -60,6 +70,28 @@ def check_classes(path, recorded, num_classes, dataset, classes):
                   if only_model or only_data else "same names in another order")
         raise cli.UserError("%s was trained on other classes than the %s data has (%s)"
                             % (path, dataset, detail))
+
+
+def exported_model(path, precision, num_classes):
+    """An exported file as the evaluation loop calls a model (MegEngine tensors in and out)."""
+    import megengine as mge
+
+    from deploy.runtime import open_model
+
+    run = open_model(path, precision=precision)
+    for note in run.notes:
+        print("note: " + note, file=sys.stderr)
+    if run.num_classes not in (None, num_classes):
+        raise cli.UserError("%s has %d classes, the checkpoint %d: export it from this "
+                            "checkpoint" % (path, run.num_classes, num_classes))
+
+    class Exported:
+        def eval(self):
+            pass
+
+        def __call__(self, images):
+            return mge.tensor(run(images.numpy()))
+    return Exported()
 
 
 def main(argv=None):
@@ -86,15 +118,19 @@ def main(argv=None):
     splits = load_splits(dataset, args.data, size)
     check_classes(args.checkpoint, recorded.get("classes"), info["num_classes"], dataset,
                   splits.classes)
+    if args.exported:
+        model = exported_model(args.exported, args.precision, info["num_classes"])
     val = Subset(splits.val, args.limit) if args.limit else splits.val
     loader, _ = make_loader(val, splits.eval_transform, args.batch_size, shuffle=False,
                             workers=args.workers)
     result = evaluate(model, loader, source=val)
     skipped = ("; %d unreadable skipped" % len(result.skipped)) if result.skipped else ""
-    print("%s (%s, %s form) on %s val (%d images, %dx%d%s): top-1 %.2f%%  top-5 %.2f%%  "
-          "loss %.4f" % (args.checkpoint, arch_label(info["arch"]), info["form"], dataset,
-                         result.images, size, size, skipped, result.top1, result.top5,
-                         result.loss))
+    what = ("%s (%s, %s)" % (args.exported, arch_label(info["arch"]), args.precision)
+            if args.exported else "%s (%s, %s form)" % (args.checkpoint, arch_label(info["arch"]),
+                                                        info["form"]))
+    print("%s on %s val (%d images, %dx%d%s): top-1 %.2f%%  top-5 %.2f%%  "
+          "loss %.4f" % (what, dataset, result.images, size, size, skipped, result.top1,
+                         result.top5, result.loss))
     return 0
 
 

@@ -6,11 +6,15 @@
     python tools/export.py --arch RepVGG-A0 --random-init --output bench.mge   # random weights
 
 A train-form checkpoint is converted to deploy form first (every block fused into one 3x3 conv).
-.mge: traced with megengine.jit.trace(symbolic=True, capture_as_const=True), dumped with
-MegEngine's inference optimizations (--options), then profiled once with Lite's fast-run on
-this machine and dumped again carrying the algorithm choices, so tools/infer.py starts fast and
-runs the fastest kernels (--no-algo-cache skips this). .onnx: written with the onnx package from
-the deploy-form module tree (deploy/onnx_export.py), dynamic batch.
+.mge: traced with megengine.jit.trace(symbolic=True, capture_as_const=True) and dumped with
+MegEngine's portable inference optimizations (--options; the file runs wherever MegEngine
+runs), then profiled once with Lite's fast-run on this machine and dumped again carrying the
+algorithm choices, so tools/infer.py starts fast and runs the fastest kernels here
+(--no-algo-cache skips this). The choices, and a CPU-specific layout (--options nchw88+fuse,
+probed first and dropped with a warning where this CPU cannot run it), are used only on this
+CPU; another CPU runs the portable graph. Probing and profiling run in child processes with a
+deadline (--timeout). .onnx: written with the onnx package from the deploy-form module tree
+(deploy/onnx_export.py), dynamic batch.
 
 Both carry metadata: the preprocessing the checkpoint records (input size, resize, crop,
 mean/std: deploy/preprocess.py; ImageNet's, with a note, when it records none), the class names
@@ -48,11 +52,15 @@ def parse_args(argv):
                         "runtimes also run other batch sizes)")
     p.add_argument("--size", type=int,
                    help="input resolution (default: the one the checkpoint records, else 224)")
-    p.add_argument("--options", default=dump.BEST_DUMP_OPTIONS,
-                   choices=sorted(dump.DUMP_OPTIONS),
-                   help=".mge: graph optimizations to dump with (see deploy/dump.py)")
+    p.add_argument("--options", default=dump.DEFAULT_OPTIONS, choices=list(dump.OPTIONS),
+                   help=".mge: none, default and fuse are graph optimizations, portable to "
+                        "every CPU; nchw88 and nchw88+fuse add the x86 AVX2 NCHW88 layout, "
+                        "used on this CPU only and only if it runs here (deploy/dump.py)")
     p.add_argument("--no-algo-cache", action="store_true",
                    help=".mge: do not profile the algorithms (fast-run) at export time")
+    p.add_argument("--timeout", type=cli.number(above=0), metavar="SECONDS",
+                   help=".mge: deadline of each child process (layout probe, fast-run "
+                        "profiling); default: scaled to the model's forward time")
     p.add_argument("--check-image", nargs="+", metavar="IMAGE",
                    help="images to check the exported graph on (default: generated images)")
     p.add_argument("--threads", type=int, default=cpus.cpu_count(),
@@ -78,13 +86,17 @@ def main(argv=None):
     if source.spec_note:
         print("note: " + source.spec_note, file=sys.stderr)
     x = ex.check_batch(source.spec, args.batch, args.check_image, args.seed)
-    results = ex.export(source, args.output, fmt, x, args.options, args.threads,
-                        algo_cache=not args.no_algo_cache)
-    for r in results:
+    exported = ex.export(source, args.output, fmt, x, args.options, args.threads,
+                         algo_cache=not args.no_algo_cache, deadline=args.timeout)
+    written = exported.written
+    for note in written.notes if written else []:
+        print("warning: " + note, file=sys.stderr)
+    for r in exported.checks:
         print("check %-32s max relative difference %.2e, top-1 agreement %.0f%%"
               % (r.name, r.max_rel, 100 * r.top1_agree))
-    how = ("options %s%s" % (args.options, "" if args.no_algo_cache else ", fast-run algorithm "
-                             "cache") if fmt == "mge" else "ONNX opset %d" % _opset())
+    how = ("options %s%s" % (written.options, ", fast-run algorithm cache for this CPU"
+                             if written.algo_cache else "")
+           if fmt == "mge" else "ONNX opset %d" % _opset())
     print("exported %s (%s form in, %s, input %dx3x%dx%d, preprocessing %s) -> %s (%.1f MB)"
           % (source.arch, "train" if source.train is not None else "deploy", how, args.batch,
              source.spec.size, source.spec.size, source.spec.name, args.output,

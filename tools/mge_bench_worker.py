@@ -6,9 +6,10 @@ process, started fresh by the benchmark:
         import the .pth through ckpt_converter (deploy form), then export it as tools/export.py
         does (deploy/export.py): one .mge per batch size and variant (dump options, with or
         without the fast-run algorithm cache profiled on that batch) and one .onnx; prints
-        {"files": {"<batch>/<variant>": path, "onnx": path}}
+        {"files": {"<batch>/<variant>": path, "onnx": path}, "used": {"<batch>/<variant>":
+        the options in effect (a CPU-specific layout falls back where this CPU cannot run it)}}
     run --model FILE --input x.npy --logits out.npy --threads T --warmup W --runs R
-        [--weight-preprocess]
+        [--weight-preprocess] [--precision bf16]
         open FILE exactly as tools/infer.py does (deploy.runtime.open_model), run ``x`` once
         (logits written), warm up, time; prints {"seconds": median, "load_s", "first_s"}
 """
@@ -35,7 +36,7 @@ def prepare(args):
 
     model, _ = convert(args.weights, args.arch, deploy=True)
     model.eval()
-    files = {}
+    files, used = {}, {}
     for x_file in args.input:
         x = np.load(x_file)
         source = export.Source(model, None, args.arch, preprocess.imagenet_spec(x.shape[-1]))
@@ -43,12 +44,21 @@ def prepare(args):
             options, cache = variant.split(":")
             path = os.path.join(args.folder, "%s_b%d_%s_%s.mge" % (
                 args.arch, len(x), options, cache))
-            export.write_mge(source, x, path, options, args.threads, cache == "cache")
+            written = export.write_mge(source, x, path, options, args.threads, cache == "cache")
+            for note in written.notes:
+                print("warning: " + note, file=sys.stderr)
             files["%d/%s" % (len(x), variant)] = path
+            used["%d/%s" % (len(x), variant)] = written.options
         if "onnx" not in files:
             files["onnx"] = os.path.join(args.folder, "%s.onnx" % args.arch)
             export.write_onnx(source, x, files["onnx"])
-    return {"files": files}
+        if args.int8 and "int8" not in files:  # calibrated on the benchmark's own inputs
+            from quant.onnx_int8 import write_int8_onnx
+
+            files["int8"] = os.path.join(args.folder, "%s_int8.onnx" % args.arch)
+            write_int8_onnx(model, files["int8"], [x[i:i + 1] for i in range(len(x))], x,
+                            source.metadata(x.shape), threads=args.threads)
+    return {"files": files, "used": used}
 
 
 def run(args):
@@ -57,7 +67,7 @@ def run(args):
     x = np.load(args.input)
     start = time.perf_counter()
     lite = {"weight_preprocess": True} if args.weight_preprocess else {}
-    model = open_model(args.model, threads=args.threads, **lite)
+    model = open_model(args.model, threads=args.threads, precision=args.precision, **lite)
     load = time.perf_counter() - start
     np.save(args.logits, np.asarray(model(x), np.float32))
     first = time.perf_counter() - start - load
@@ -75,6 +85,7 @@ def parse_args(argv):
     pr.add_argument("--input", nargs="+", required=True)
     pr.add_argument("--threads", type=int, required=True)
     pr.add_argument("--variant", nargs="*", default=[])
+    pr.add_argument("--int8", action="store_true", help="also a static int8 QDQ .onnx")
     r = sub.add_parser("run")
     r.add_argument("--model", required=True)
     r.add_argument("--input", required=True)
@@ -83,6 +94,7 @@ def parse_args(argv):
     r.add_argument("--warmup", type=int, default=2)
     r.add_argument("--runs", type=int, default=5)
     r.add_argument("--weight-preprocess", action="store_true")
+    r.add_argument("--precision", default="fp32")
     return p.parse_args(argv)
 
 

@@ -29,7 +29,7 @@ sys.path.insert(0, ROOT)
 from common.timing import interleaved_medians  # noqa: E402
 
 TORCH_MODES = ("eager", "channels_last", "script", "compile")
-MODES = TORCH_MODES + ("onnxruntime", "openvino")
+MODES = TORCH_MODES + ("onnxruntime", "openvino", "openvino-default")
 
 
 def _reference():
@@ -101,15 +101,17 @@ def _onnxruntime(onnx_file, x, threads):
     return lambda: session.run(None, {name: x})[0]
 
 
-def _openvino(onnx_file, x, threads):
+def _openvino(onnx_file, x, threads, precision="f32"):
     import openvino as ov
 
     core = ov.Core()
     # float32 as every other path: on CPUs with bf16 support OpenVINO otherwise computes in bf16
-    # (logits 5e-3 off, caught by the benchmark's comparison).
-    compiled = core.compile_model(onnx_file, "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                     "PERFORMANCE_HINT": "LATENCY",
-                                                     "INFERENCE_PRECISION_HINT": "f32"})
+    # (logits 5e-3 off, caught by the benchmark's comparison); precision=None is its default,
+    # what a user who does not set it gets.
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    if precision:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    compiled = core.compile_model(onnx_file, "CPU", config)
     request = compiled.create_infer_request()
 
     def run():
@@ -126,7 +128,8 @@ def run_mode(args):
     elif args.mode == "onnxruntime":
         fn = _onnxruntime(args.onnx, x, args.threads)
     else:
-        fn = _openvino(args.onnx, x, args.threads)
+        fn = _openvino(args.onnx, x, args.threads,
+                       None if args.mode == "openvino-default" else "f32")
     load = time.perf_counter() - start
     np.save(args.logits, np.asarray(fn(), np.float32))  # the first call compiles / profiles
     first = time.perf_counter() - start - load
