@@ -21,19 +21,19 @@ verify: setup
 	$(PY) verify.py
 
 bench: setup
-	$(PY) tools/bench.py
+	$(PY) benchmarks/bench.py
 
 bench-ckpt: setup setup-torch
-	$(PY) tools/bench_ckpt.py
+	$(PY) benchmarks/bench_ckpt.py
 
 bench-train: setup
-	$(PY) tools/bench_train.py
+	$(PY) benchmarks/bench_train.py
 
 bench-deploy: setup setup-torch
-	$(PY) tools/bench_deploy.py
+	$(PY) benchmarks/bench_deploy.py
 
 bench-search: setup
-	$(PY) tools/bench_search.py
+	$(PY) benchmarks/bench_search.py
 
 clean:
 	rm -rf .venv .torchvenv tests/.fixtures .pytest_cache

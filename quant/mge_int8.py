@@ -3,7 +3,7 @@
 The graph takes the same float32 ``data`` input as the float export (the QuantStub quantizes it
 inside the graph) and returns float32 ``logits`` (dequantized). The dump options default to
 MegEngine's plain inference passes: on x86 the NCHW88 layout that makes float convs fast has no
-int8 kernels and was measured 30x slower for int8 (``tools/bench_int8.py`` times the options).
+int8 kernels and was measured 30x slower for int8 (``benchmarks/bench_int8.py`` times the options).
 """
 import numpy as np
 

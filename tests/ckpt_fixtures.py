@@ -16,7 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCH_PY = os.path.join(ROOT, ".torchvenv", "bin", "python")
 TORCH_REF = os.path.join(ROOT, "tests", "torch_ref")
 FIXTURES = os.path.join(ROOT, "tests", ".fixtures", "torch")
-SOURCES = [os.path.join(TORCH_REF, name) for name in ("make_fixtures.py", "repvgg_ref.py")]
+SOURCES = [os.path.join(TORCH_REF, "make_fixtures.py"),
+           os.path.join(ROOT, "torch_reference", "repvgg.py")]
 LAYOUT_FIXTURES = os.path.join(ROOT, "tests", ".fixtures", "layouts")
 # the libraries whose checkpoint layouts tests/torch_ref/layout_fixtures.py writes
 LIBRARIES = ("timm", "mmpretrain", "basecls", "paddleclas")

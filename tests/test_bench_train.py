@@ -10,7 +10,7 @@ def _rows(stdout, first_cell):
 
 
 def test_bench_train_prints_megengine_and_pytorch_side_by_side():
-    proc = run_tool("tools/bench_train.py", *QUICK)
+    proc = run_tool("benchmarks/bench_train.py", *QUICK)
     assert proc.returncode == 0, proc.stderr
     rows = {r[1]: r for r in _rows(proc.stdout, "16x16")}
     assert sorted(rows) == ["megengine", "pytorch"]
@@ -26,7 +26,7 @@ def test_bench_train_prints_megengine_and_pytorch_side_by_side():
 
 
 def test_bench_train_profile_lists_operators():
-    proc = run_tool("tools/bench_train.py", *QUICK, "--variants", "megengine", "--profile",
+    proc = run_tool("benchmarks/bench_train.py", *QUICK, "--variants", "megengine", "--profile",
                     "--top", "40")
     assert proc.returncode == 0, proc.stderr
     assert "| 16x16 | megengine |" in proc.stdout and "pytorch" not in proc.stdout
@@ -38,7 +38,7 @@ def test_bench_train_profile_lists_operators():
 
 
 def test_bench_train_bad_arguments_get_one_line(tmp_path):
-    proc = run_tool("tools/bench_train.py", "--batch", "0")
+    proc = run_tool("benchmarks/bench_train.py", "--batch", "0")
     assert proc.returncode == 2 and "--batch" in one_line_error(proc)
-    proc = run_tool("tools/bench_train.py", *QUICK, "--torch-python", tmp_path / "none")
+    proc = run_tool("benchmarks/bench_train.py", *QUICK, "--torch-python", tmp_path / "none")
     assert proc.returncode == 2 and "PyTorch venv" in one_line_error(proc)

@@ -1,4 +1,4 @@
-"""tools/bench_deploy.py --quick end to end: every path runs in its own process on the same
+"""benchmarks/bench_deploy.py --quick end to end: every path runs in its own process on the same
 weights (the logits agree, else the benchmark stops), and the table reports each path; and
 tools/infer.py --benchmark times an exported model."""
 import re
@@ -16,7 +16,7 @@ def table_rows(stdout):
 
 
 def test_bench_deploy_quick_runs_every_path_on_the_same_network():
-    proc = run_tool("tools/bench_deploy.py", "--quick", "--threads", 1)
+    proc = run_tool("benchmarks/bench_deploy.py", "--quick", "--threads", 1)
     assert proc.returncode == 0, proc.stderr
     rows = table_rows(proc.stdout)
     assert list(rows) == ["PyTorch eager", "ONNX Runtime (our .onnx)", "OpenVINO (our .onnx)",
@@ -29,7 +29,7 @@ def test_bench_deploy_quick_runs_every_path_on_the_same_network():
     best = max(float(rows[n][3]) for n in list(rows)[:3])
     for cells in rows.values():
         assert abs(float(cells[5].rstrip("x")) - float(cells[3]) / best) < 0.01
-    assert ".venv/bin/python tools/bench_deploy.py --quick --threads 1" in proc.stdout
+    assert ".venv/bin/python benchmarks/bench_deploy.py --quick --threads 1" in proc.stdout
 
 
 def test_infer_benchmark_prints_images_per_second(tmp_path):

@@ -15,8 +15,9 @@ LIBRARY is one of:
 - ``basecls``: basecls cannot be installed (PyPI's ``basecls`` is an empty placeholder), so its
   files are built from the published layout (megvii-research/basecls ``models/repvgg.py``:
   official block names, ``head.fc``, ``se.f_ex.0/2``, MegEngine shapes, ``megengine.save``
-  pickle) from the weights of the reference model in repvgg_ref.py; the expected logits are that
-  official-layout model's on the BGR image, as basecls models are trained on BGR input.
+  pickle) from the weights of the reference model in torch_reference/repvgg.py; the expected
+  logits are that official-layout model's on the BGR image, as basecls models are trained on
+  BGR input.
 
 Writes OUT/manifest.json: {"library", "version", "cases": {name: {file, layout, spec, form,
 logits}}} with logits computed by the library's own model (float32) on INPUT.npy (RGB).
@@ -31,7 +32,8 @@ import types
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(os.path.dirname(HERE))]  # make_fixtures, torch_reference
 
 # The small configuration every library builds: grouped blocks and SE in one model.
 G2SE = {"family": "RepVGG", "num_blocks": [2, 2, 2, 1], "width": [0.5, 0.5, 0.5, 0.5],
@@ -144,7 +146,7 @@ def torch_cases(out, x, library):
         return cases, mmpretrain.__version__
 
     if library == "basecls":
-        import repvgg_ref as ref
+        from torch_reference import repvgg as ref
 
         model = randomize(ref.RepVGG(G2SE["num_blocks"], G2SE["num_classes"], G2SE["width"],
                                      G2SE["groups"], use_se=True), 14)

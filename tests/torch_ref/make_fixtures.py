@@ -3,11 +3,12 @@
     .torchvenv/bin/python tests/torch_ref/make_fixtures.py tests/.fixtures/torch
 
 Runs only under the torch venv. Writes checkpoints as official RepVGG code would (torch.save of
-state dicts of the reference models in repvgg_ref.py: zip and legacy formats, train and deploy
-forms, DataParallel prefixes, float16, non-contiguous views into one shared storage, a grouped,
-an SE and a RepVGGplus model, a full training checkpoint with optimizer, scheduler, EMA and a
-pickled yacs config), the reference logits on a fixed input, a checkpoint of assorted dtypes
-with their expected values, and safetensors files, plus manifest.json describing each case.
+state dicts of the reference models in torch_reference/repvgg.py: zip and legacy formats, train
+and deploy forms, DataParallel prefixes, float16, non-contiguous views into one shared storage,
+a grouped, an SE and a RepVGGplus model, a full training checkpoint with optimizer, scheduler,
+EMA and a pickled yacs config), the reference logits on a fixed input, a checkpoint of assorted
+dtypes with their expected values, and safetensors files, plus manifest.json describing each
+case.
 """
 import copy
 import json
@@ -17,8 +18,9 @@ import sys
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import repvgg_ref as ref  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)  # for torch_reference
+from torch_reference import repvgg as ref  # noqa: E402
 
 # Small architectures (built from the reference constructors) next to one official variant.
 SPECS = {

@@ -3,7 +3,7 @@
     .torchvenv/bin/python tests/torch_ref/torch_logits.py INPUT.npy JOBS.json
 
 JOBS.json: [{"pth", "spec", "deploy", "out"}, ...]. Each file is read with
-torch.load(weights_only=True) into the reference model (repvgg_ref.py) with strict=True.
+torch.load(weights_only=True) into the reference model (torch_reference/repvgg.py) with strict=True.
 """
 import json
 import os

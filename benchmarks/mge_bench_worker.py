@@ -1,4 +1,4 @@
-"""The toolkit's side of tools/bench_deploy.py; runs under .venv/bin/python. One command per
+"""The toolkit's side of benchmarks/bench_deploy.py; runs under .venv/bin/python. One command per
 process, started fresh by the benchmark:
 
     prepare --weights w.pth --arch A --folder F --input x_b1.npy [x_b16.npy ...] --threads T

@@ -1,8 +1,8 @@
-"""The peers' side of tools/bench_deploy.py; runs under .torchvenv/bin/python (torch 2.13 CPU,
+"""The peers' side of benchmarks/bench_deploy.py; runs under .torchvenv/bin/python (torch 2.13 CPU,
 ONNX Runtime, OpenVINO). One command per process, started fresh by the benchmark:
 
     weights --arch RepVGG-A0 --out w.pth --seed 0
-        the reference model (tests/torch_ref/repvgg_ref.py, official parameter names) in train
+        the reference model (torch_reference/repvgg.py, official parameter names) in train
         form with random weights and non-trivial BatchNorm statistics, saved with torch.save:
         the one .pth every path of the benchmark is built from
     run --mode MODE --arch A --weights w.pth --onnx f.onnx --input x.npy --logits out.npy
@@ -33,10 +33,10 @@ MODES = TORCH_MODES + ("onnxruntime", "openvino", "openvino-default")
 
 
 def _reference():
-    sys.path.insert(0, os.path.join(ROOT, "tests", "torch_ref"))
-    import repvgg_ref
+    """The reference model's module, imported only by the modes that run PyTorch."""
+    from torch_reference import repvgg
 
-    return repvgg_ref
+    return repvgg
 
 
 def make_weights(arch, out, seed):

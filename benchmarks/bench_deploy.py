@@ -1,10 +1,10 @@
 """Inference speed of the toolkit's deploy paths against the peers, each path alone in a fresh
 process, on the same weights.
 
-    python tools/bench_deploy.py --arch RepVGG-A0 RepVGG-B0 --batch 1 16 --rounds 3
-    python tools/bench_deploy.py --quick            # seconds: A0 at 32x32, a few paths
+    python benchmarks/bench_deploy.py --arch RepVGG-A0 RepVGG-B0 --batch 1 16 --rounds 3
+    python benchmarks/bench_deploy.py --quick       # seconds: A0 at 32x32, a few paths
 
-Weights: the reference PyTorch model (tests/torch_ref/repvgg_ref.py, official parameter names) in
+Weights: the reference PyTorch model (torch_reference/repvgg.py, official parameter names) in
 train form with random weights and BatchNorm statistics, saved once as a .pth. The PyTorch paths
 load that .pth and fuse it with the reference code; the toolkit imports it with ckpt_converter,
 fuses it with model/ and exports it exactly as tools/export.py does (deploy/export.py): the .mge
@@ -18,8 +18,8 @@ cache, with Lite's weight preprocessing, with the x86 NCHW88 layout (--options n
 row says when this CPU cannot run it and the export fell back), the dump without fusion, and
 the .onnx through deploy.runtime (ONNX Runtime of .venv, what tools/infer.py runs for a .onnx).
 
-Timing: every measurement is a fresh process (tools/torch_bench_worker.py or
-tools/mge_bench_worker.py) that loads the model, runs --warmup untimed passes and --runs timed
+Timing: every measurement is a fresh process (benchmarks/torch_bench_worker.py or
+benchmarks/mge_bench_worker.py) that loads the model, runs --warmup untimed passes and --runs timed
 ones, reports its median and exits; only one runs at a time and this process imports neither
 MegEngine nor PyTorch, so no other thread pool is alive. Rounds are interleaved: each round runs
 every path once, in an order rotated by one per round. Reported: the median over rounds of
@@ -46,12 +46,13 @@ from errors import UserError  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MGE_PYTHON = os.path.join(ROOT, ".venv", "bin", "python")
 TORCH_PYTHON = os.path.join(ROOT, ".torchvenv", "bin", "python")
-TORCH_WORKER = os.path.join(ROOT, "tools", "torch_bench_worker.py")
-MGE_WORKER = os.path.join(ROOT, "tools", "mge_bench_worker.py")
+TORCH_WORKER = os.path.join(ROOT, "benchmarks", "torch_bench_worker.py")
+MGE_WORKER = os.path.join(ROOT, "benchmarks", "mge_bench_worker.py")
 TOLERANCE = 1e-5  # relative to the largest logit: float32 summation order, nothing more
 
-# key -> (row name, peer?, how it runs). Peers run tools/torch_bench_worker.py --mode M; ours run
-# tools/mge_bench_worker.py on an exported file: ("mge", "options:cache", lite flags) or "onnx".
+# key -> (row name, peer?, how it runs). Peers run benchmarks/torch_bench_worker.py --mode M;
+# ours run benchmarks/mge_bench_worker.py on an exported file: ("mge", "options:cache", lite
+# flags) or "onnx".
 PATHS = {
     "eager": ("PyTorch eager", True, "eager"),
     "channels_last": ("PyTorch eager, channels_last", True, "channels_last"),
@@ -226,7 +227,8 @@ def parse_args(argv):
     p.add_argument("--arch", nargs="+", default=["RepVGG-A0", "RepVGG-B0"], help="models")
     p.add_argument("--batch", nargs="+", type=int, default=[1, 16], help="batch sizes")
     p.add_argument("--size", type=int, default=224, help="input resolution")
-    p.add_argument("--threads", type=threads_arg, default=cpu_count(), help="CPU threads, every path")
+    p.add_argument("--threads", type=threads_arg, default=cpu_count(),
+                   help="CPU threads, every path")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (processes per path)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs in each process")
     p.add_argument("--runs", type=int, default=10, help="timed runs in each process (median)")
@@ -268,7 +270,7 @@ def main(argv=None):
                 print("\n".join(format_rows(arch, batch, rows)), flush=True)
     print()
     print("```")
-    print(".venv/bin/python tools/bench_deploy.py " + " ".join(argv if argv is not None
+    print(".venv/bin/python benchmarks/bench_deploy.py " + " ".join(argv if argv is not None
                                                                 else sys.argv[1:]))
     print("%s, %s; %d threads per path; %dx%d input; %d rounds x (%d warm-up + %d timed runs) "
           "per path; load average %.2f at start, %.2f at the end; %.0f s"

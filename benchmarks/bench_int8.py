@@ -1,10 +1,11 @@
 """The README's int8 table: accuracy of PTQ / QAT int8 against float, SQNR on imported weights,
 and the speed of every int8 artifact next to its float version.
 
-    python tools/bench_int8.py accuracy --load runs/RepVGG-A0-digits/deploy.pkl
-    python tools/bench_int8.py accuracy --load runs/QARepVGG-A0-cifar10/deploy.pkl --calib ./shapes10
-    python tools/bench_int8.py imported --arch RepVGG-A0           # official-layout .pth import
-    python tools/bench_int8.py speed --arch RepVGG-A0 --batch 1 16
+    python benchmarks/bench_int8.py accuracy --load runs/RepVGG-A0-digits/deploy.pkl
+    python benchmarks/bench_int8.py accuracy --load runs/QARepVGG-A0-cifar10/deploy.pkl \\
+        --calib ./shapes10
+    python benchmarks/bench_int8.py imported --arch RepVGG-A0      # official-layout .pth import
+    python benchmarks/bench_int8.py speed --arch RepVGG-A0 --batch 1 16
 
 accuracy  one checkpoint, every route through tools/quantize.py (each in its own process):
           PTQ .mge (with and without cross-layer equalization), PTQ .onnx, QAT .mge and the
@@ -22,7 +23,8 @@ speed     float .mge (MegEngine Lite), int8 .mge (Lite), float .onnx and int8 QD
           tools/export.py's (its best dump options and fast-run algorithm cache). Each
           measurement is a fresh process running one artifact alone, opened as tools/infer.py
           opens it (warm-up, then --runs timed passes, median); --rounds rounds go through the
-          artifacts in turn (interleaved) and the median over rounds is reported. Outputs are compared first (int8 vs its float version: SQNR).
+          artifacts in turn (interleaved) and the median over rounds is reported. Outputs
+          are compared first (int8 vs its float version: SQNR).
 """
 import json
 import os

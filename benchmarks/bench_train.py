@@ -1,8 +1,9 @@
 """Training throughput (images/s) of this project vs the official PyTorch model, side by side.
 
-    python tools/bench_train.py                 # RepVGG-A0, 32x32 and 224x224, batch 32, 2 threads
-    python tools/bench_train.py --sizes 224 --rounds 5
-    python tools/bench_train.py --profile       # plus the per-operator breakdown of one step
+    python benchmarks/bench_train.py            # RepVGG-A0 at 32x32 and 224x224,
+                                                # batch 32, 2 threads
+    python benchmarks/bench_train.py --sizes 224 --rounds 5
+    python benchmarks/bench_train.py --profile  # plus the per-operator breakdown of one step
 
 A step is what training does: forward, label-smoothed cross-entropy, backward, SGD with
 momentum 0.9 and weight decay. Random images and labels; the first --warmup steps of each
@@ -13,8 +14,8 @@ PyTorch), the same number of threads in both (MegEngine's multithreadN device,
 torch.set_num_threads(N)); --rounds rounds go round-robin over the variants, each round a fresh
 process timing --steps steps; a variant's time is the median over all its timed steps. Both
 models must have the same number of parameters (same architecture) before anything is timed.
-PyTorch runs tools/bench_train_torch.py in the PyTorch venv with the official model's design
-(tests/torch_ref/repvgg_ref.py).
+PyTorch runs benchmarks/bench_train_torch.py in the PyTorch venv with the official model's
+design (torch_reference/repvgg.py).
 
 Variants: 'megengine' is the step train.py runs (training/step.py, training/fastconv.py);
 'megengine-traced' the same step as one traced graph; 'megengine-own-conv' MegEngine's own conv
@@ -138,7 +139,7 @@ def worker_command(args, variant, size, profile):
     common = ["--arch", args.arch, "--batch", args.batch, "--classes", args.classes,
               "--threads", args.threads, "--steps", args.steps, "--warmup", args.warmup]
     if variant == "pytorch":
-        cmd = [args.torch_python, os.path.join(ROOT, "tools", "bench_train_torch.py"),
+        cmd = [args.torch_python, os.path.join(ROOT, "benchmarks", "bench_train_torch.py"),
                "--size", size] + common
     else:
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", variant,

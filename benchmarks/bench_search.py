@@ -1,8 +1,8 @@
 """Search benchmark on the small preset: latency-table build time, one search epoch, and how
 well the table predicts whole networks (measured / predicted latency).
 
-    python tools/bench_search.py                       # digits preset, all CPU cores
-    python tools/bench_search.py --device cpu --archs 4
+    python benchmarks/bench_search.py                  # digits preset, all CPU cores
+    python benchmarks/bench_search.py --device cpu --archs 4
 
 Prints Markdown tables. The networks checked are three uniform ones (every layer the same op) and
 ``--archs`` random ones, timed right after the table is built (so that load drift stays small):
@@ -39,7 +39,8 @@ def parse_args(argv):
                    help="search batch size")
     p.add_argument("--archs", type=cli.integer(min=1), default=3,
                    help="random architectures to check")
-    p.add_argument("--seed", type=cli.integer(min=0), default=0, help="seed of search and random archs")
+    p.add_argument("--seed", type=cli.integer(min=0), default=0,
+                   help="seed of search and random archs")
     return p.parse_args(argv)
 
 

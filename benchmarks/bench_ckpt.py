@@ -1,6 +1,6 @@
 """Benchmark: reading a RepVGG-B3-sized PyTorch checkpoint with ckpt_converter vs torch.load.
 
-    .venv/bin/python tools/bench_ckpt.py [--rounds 5]     # or: make bench-ckpt
+    .venv/bin/python benchmarks/bench_ckpt.py [--rounds 5]     # or: make bench-ckpt
 
 Writes a train-form RepVGG-B3 state dict (official names and shapes, random values, ~0.5 GB)
 with real PyTorch in a temporary folder, then measures each operation in a fresh process (one
@@ -74,7 +74,8 @@ if check == "1":  # checksums of every tensor, in the official (PyTorch) names a
         arrays = {k: v.numpy() for k, v in obj.items()}
     elif mode == "cli":
         from common.checkpoint import load_checkpoint
-        arrays = ckpt_converter.to_pytorch(load_checkpoint(os.path.join(out, "b3.pkl"))["state_dict"])
+        saved = load_checkpoint(os.path.join(out, "b3.pkl"))
+        arrays = ckpt_converter.to_pytorch(saved["state_dict"])
     elif mode == "convert":
         from model.checkpoint import numpy_state_dict
         arrays = ckpt_converter.to_pytorch(numpy_state_dict(obj[0]))

@@ -1,4 +1,5 @@
-"""Reference RepVGG / RepVGGplus in PyTorch, written for the tests from the official design.
+"""Reference RepVGG / RepVGGplus in PyTorch, written from the official design for the tests
+and the benchmarks (``torch_reference.repvgg``).
 
 Runs only in the PyTorch venv (.torchvenv, Python 3.11, torch 2.13.0). It shares no code with
 the project: it is the independent side of every MegEngine-vs-PyTorch comparison. Module and

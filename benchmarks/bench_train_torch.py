@@ -1,31 +1,25 @@
-"""PyTorch side of tools/bench_train.py: times training steps of the official RepVGG model.
+"""PyTorch side of benchmarks/bench_train.py: times training steps of the official RepVGG model.
 
-Runs in the PyTorch venv (.torchvenv), started by tools/bench_train.py, one process per round,
-never beside the MegEngine worker. The model is the independent reference of the tests,
-``tests/torch_ref/repvgg_ref.py`` (the official repvgg.py's design and parameter names), loaded
-by path: a benchmark depending on a test fixture, kept so that there is one PyTorch RepVGG.
+Runs in the PyTorch venv (.torchvenv), started by benchmarks/bench_train.py, one process per round,
+never beside the MegEngine worker. The model is the independent reference the tests compare
+against, ``torch_reference/repvgg.py`` (the official repvgg.py's design and parameter names):
+one PyTorch RepVGG for both.
 Prints one JSON line: parameter count, seconds and loss of each timed step, and with
 ``--profile`` the per-operator self CPU times of one step.
 """
 import argparse
-import importlib.util
 import json
 import os
+import sys
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REFERENCE = os.path.join(ROOT, "tests", "torch_ref", "repvgg_ref.py")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def load_reference():
-    spec = importlib.util.spec_from_file_location("repvgg_ref", REFERENCE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from torch_reference import repvgg as reference  # noqa: E402
 
 
 def main():
@@ -43,7 +37,7 @@ def main():
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = load_reference().build(args.arch, num_classes=args.classes)
+    model = reference.build(args.arch, num_classes=args.classes)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     rng = np.random.default_rng(args.seed)

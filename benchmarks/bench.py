@@ -1,7 +1,7 @@
 """Inference throughput of the train form vs the deploy form, measured side by side.
 
-    python tools/bench.py                                   # RepVGG-A0 and B0, batch 1 and 8
-    python tools/bench.py --arch RepVGG-B1g2 --batch 16 --size 224
+    python benchmarks/bench.py                              # RepVGG-A0 and B0, batch 1 and 8
+    python benchmarks/bench.py --arch RepVGG-B1g2 --batch 16 --size 224
 
 Both forms of the same weights run in eval mode, eager MegEngine, on the same input; timed runs
 alternate between the two forms so that machine noise hits both alike. Prints images/s (median
