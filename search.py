@@ -9,13 +9,12 @@ TAS width search. Ends in an arch.json that ``train.py --arch arch.json`` trains
     python train.py --arch runs/search/arch.json --epochs 30 --output runs/found
 """
 import argparse
-import dataclasses
 import logging
 import os
 import sys
 import time
 
-from common import cli
+from common import cli, flags
 from common.atomic import OutputPathError, check_output_path
 from common.device import use_device
 from common.runlock import RunLock
@@ -32,71 +31,13 @@ def _formatter(prog):
     return _SubFormatter(prog, max_help_position=32, width=100)
 
 
-# Flags generated from the config dataclasses (search.trainer.SearchConfig, search.tas.TASConfig):
-# field -> (argparse type, help). The defaults are the dataclass's.
 POSITIVE, COUNT = cli.integer(min=1), cli.integer(min=0)
-CONFIG_FLAGS = {
-    "epochs": (POSITIVE, "total epochs, warm-up included"),
-    "warmup_epochs": (COUNT, "first epochs train weights only"),
-    "batch_size": (POSITIVE, "batch size of both phases"),
-    "w_fraction": (cli.number(above=0, max=1), "share of the training split for the weights; "
-                   "the architecture parameters get the rest"),
-    "w_lr": (cli.number(above=0), "SGD learning rate of the weights (cosine decay)"),
-    "w_momentum": (cli.number(min=0, max=1), "SGD momentum"),
-    "w_wd": (cli.number(min=0), "SGD weight decay"),
-    "theta_lr": (cli.number(above=0), "Adam learning rate of theta"),
-    "theta_wd": (cli.number(min=0), "Adam weight decay of theta"),
-    "alpha": (cli.number(above=0), "loss scale alpha"),
-    "beta": (cli.number(min=0), "latency exponent beta"),
-    "loss_form": (("paper", "repo"), "paper: alpha*CE*(log LAT)^beta; repo: alpha*beta*CE*log "
-                  "LAT (the FBNet code's form)"),
-    "tau0": (cli.number(above=0), "initial Gumbel temperature"),
-    "tau_decay": (cli.number(above=0, max=1),
-                  "temperature factor after every epoch that trains theta"),
-    "noise": (("per_sample", "per_batch"),
-              "one Gumbel sample per example, or one per batch (FBNet code)"),
-    "mode": (("soft", "hard_st"),
-             "soft mixing, or one-hot forward with soft (straight-through) gradient"),
-    "max_steps": (COUNT, "at most this many steps per phase and epoch (0 = full passes)"),
-    "seed": (COUNT, "seed of splits, init, batches and sampling"),
-    "arch_lr": (cli.number(above=0), "Adam learning rate of the width attentions"),
-    "arch_wd": (cli.number(min=0), "Adam weight decay of the attentions"),
-    "flop_ratio": (cli.number(above=0, max=1),
-                   "target FLOPs as a fraction of the full-width network's"),
-    "flop_weight": (cli.number(min=0), "weight of the FLOP loss in the attentions' loss"),
-    "flop_tolerance": (cli.number(min=0, max=1),
-                       "no FLOP loss within this fraction of the full FLOPs below the target"),
-    "tau_max": (cli.number(above=0), "initial temperature"),
-    "tau_min": (cli.number(above=0), "final temperature (cosine)"),
-}
-
-
-def add_config_args(p, config_class, unset=False):
-    """One flag per field of ``config_class`` (``--w-lr`` for ``w_lr``) with the field's
-    default; ``unset=True`` leaves the flags None unless given (the help still names the
-    field's default), so a command can tell which ones the user typed."""
-    for field in dataclasses.fields(config_class):
-        kind, text = CONFIG_FLAGS[field.name]
-        default = None if unset else field.default
-        if unset:
-            text = "%s (default: %s)" % (text, field.default)
-        flag = "--" + field.name.replace("_", "-")
-        if isinstance(kind, tuple):
-            p.add_argument(flag, choices=kind, default=default, help=text)
-        else:
-            p.add_argument(flag, type=kind, default=default, help=text)
-
-
-def given_config_args(config_class, args):
-    """{field: value} of the config flags the user typed (with ``add_config_args(unset=True)``)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)
-            if getattr(args, f.name, None) is not None}
 
 
 def refuse_changes_on_resume(config_class, args, allowed=(), what="the run"):
     """A resumed run keeps its own settings: ``UserError`` naming every config flag the user
     typed, other than ``allowed``."""
-    changed = sorted(set(given_config_args(config_class, args)) - set(allowed))
+    changed = sorted(set(flags.given(config_class, args)) - set(allowed))
     if changed:
         raise UserError("%s cannot change on --resume (%s keeps its own settings%s)"
                         % (", ".join("--" + k.replace("_", "-") for k in changed), what,
@@ -105,7 +46,8 @@ def refuse_changes_on_resume(config_class, args, allowed=(), what="the run"):
 
 
 def config_from_args(config_class, args):
-    return config_class(**given_config_args(config_class, args))
+    """The settings record: the flags typed, the record's own defaults for the rest."""
+    return config_class(**flags.given(config_class, args))
 
 
 def add_space_args(p, default="digits"):
@@ -162,12 +104,10 @@ def build_parser():
                    help="continue the run in --out from its latest.pkl, exactly (its space, "
                         "table and settings; only --epochs may extend it)")
     from search.trainer import SearchConfig
-    add_config_args(q, SearchConfig, unset=True)
-    for action in q._actions:
-        if action.dest == "epochs":
-            action.help = ("total epochs, warm-up included (default: %d for a new search; a "
-                           "resumed run keeps its own unless given, and a new total reshapes "
-                           "the cosine LR from the resumed epoch on)" % SearchConfig.epochs)
+    flags.add_flags(q, SearchConfig, help={"epochs": (
+        "total epochs, warm-up included (default: %d for a new search; a resumed run keeps its "
+        "own unless given, and a new total reshapes the cosine LR from the resumed epoch on)"
+        % SearchConfig.epochs)})
     q.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     q = sub.add_parser("derive", formatter_class=_formatter,
@@ -212,7 +152,7 @@ def build_parser():
                                    "widths are written as an arch.json of conv_k3 layers.")
     add_space_args(q, default="tas_digits")
     add_device_arg(q)
-    add_config_args(q, TASConfig, unset=True)
+    flags.add_flags(q, TASConfig)
     q.add_argument("--out", default="runs/tas", help="run folder: latest.pkl is written there "
                    "after every epoch, arch.json at the end")
     q.add_argument("--resume", action="store_true",

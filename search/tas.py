@@ -41,13 +41,15 @@ import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 
 from common.atomic import write_json
+from common import cli
 from common.checkpoint import load_checkpoint, save_checkpoint, to_numpy
+from common.flags import like, setting
 from errors import UserError
 from training.schedule import cosine
 
 from .space import from_dict
 from .tas_net import TASNet, arch_from_widths, expected_flops, flop_loss, get_flop
-from .trainer import batches, normalize, split_indices
+from .trainer import SearchConfig, batches, normalize, split_indices
 
 TAS_FORMAT = "repvgg-tas-run/2"
 log = logging.getLogger(__name__)
@@ -59,19 +61,25 @@ def tau_at(epoch, epochs, tau_max, tau_min):
 
 @dataclasses.dataclass
 class TASConfig:
-    epochs: int = 4
-    batch_size: int = 64
-    w_fraction: float = 0.5
-    w_lr: float = 0.1
-    arch_lr: float = 1e-3
-    arch_wd: float = 1e-3
-    flop_ratio: float = 0.5
-    flop_weight: float = 2.0
-    flop_tolerance: float = 0.05
-    tau_max: float = 5.0
-    tau_min: float = 0.1
-    max_steps: int = 0
-    seed: int = 0
+    """The TAS search's settings; each field is a ``search.py tas`` flag (``common.flags``),
+    those it shares with the FBNet search as ``SearchConfig`` declares them."""
+    epochs: int = like(SearchConfig, "epochs", 4)
+    batch_size: int = like(SearchConfig, "batch_size", 64)
+    w_fraction: float = like(SearchConfig, "w_fraction", 0.5)
+    w_lr: float = like(SearchConfig, "w_lr", 0.1)
+    arch_lr: float = setting(1e-3, "Adam learning rate of the width attentions",
+                             type=cli.number(above=0))
+    arch_wd: float = setting(1e-3, "Adam weight decay of the attentions", type=cli.number(min=0))
+    flop_ratio: float = setting(0.5, "target FLOPs as a fraction of the full-width network's",
+                                type=cli.number(above=0, max=1))
+    flop_weight: float = setting(2.0, "weight of the FLOP loss in the attentions' loss",
+                                 type=cli.number(min=0))
+    flop_tolerance: float = setting(0.05, "no FLOP loss within this fraction of the full FLOPs "
+                                    "below the target", type=cli.number(min=0, max=1))
+    tau_max: float = setting(5.0, "initial temperature", type=cli.number(above=0))
+    tau_min: float = setting(0.1, "final temperature (cosine)", type=cli.number(above=0))
+    max_steps: int = like(SearchConfig, "max_steps", 0)
+    seed: int = like(SearchConfig, "seed", 0)
 
 
 def check_tas(space, cfg):

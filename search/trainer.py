@@ -34,7 +34,9 @@ import megengine.functional as F
 import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 
+from common import cli
 from common.checkpoint import load_checkpoint, save_checkpoint, to_numpy
+from common.flags import setting
 from errors import UserError
 from training.schedule import cosine
 
@@ -46,28 +48,38 @@ from .supernet import Supernet
 
 log = logging.getLogger(__name__)
 CKPT_FORMAT = "repvgg-search-run/1"
+POSITIVE, COUNT = cli.integer(min=1), cli.integer(min=0)
 
 
 @dataclasses.dataclass
 class SearchConfig:
-    epochs: int = 10
-    warmup_epochs: int = 2
-    batch_size: int = 64
-    w_fraction: float = 0.8
-    w_lr: float = 0.1
-    w_momentum: float = 0.9
-    w_wd: float = 1e-4
-    theta_lr: float = 0.01
-    theta_wd: float = 5e-4
-    alpha: float = 0.2
-    beta: float = 0.6
-    loss_form: str = "paper"
-    tau0: float = 5.0
-    tau_decay: float = 0.956
-    noise: str = "per_sample"
-    mode: str = "soft"
-    seed: int = 0
-    max_steps: int = 0  # per phase and epoch; 0 = a full pass
+    """The search's settings; each field is a ``search.py train`` flag (``common.flags``)."""
+    epochs: int = setting(10, "total epochs, warm-up included", type=POSITIVE)
+    warmup_epochs: int = setting(2, "first epochs train weights only", type=COUNT)
+    batch_size: int = setting(64, "batch size of both phases", type=POSITIVE)
+    w_fraction: float = setting(0.8, "share of the training split for the weights; the "
+                                "architecture parameters get the rest",
+                                type=cli.number(above=0, max=1))
+    w_lr: float = setting(0.1, "SGD learning rate of the weights (cosine decay)",
+                          type=cli.number(above=0))
+    w_momentum: float = setting(0.9, "SGD momentum", type=cli.number(min=0, max=1))
+    w_wd: float = setting(1e-4, "SGD weight decay", type=cli.number(min=0))
+    theta_lr: float = setting(0.01, "Adam learning rate of theta", type=cli.number(above=0))
+    theta_wd: float = setting(5e-4, "Adam weight decay of theta", type=cli.number(min=0))
+    alpha: float = setting(0.2, "loss scale alpha", type=cli.number(above=0))
+    beta: float = setting(0.6, "latency exponent beta", type=cli.number(min=0))
+    loss_form: str = setting("paper", "paper: alpha*CE*(log LAT)^beta; repo: alpha*beta*CE*log "
+                             "LAT (the FBNet code's form)", choices=("paper", "repo"))
+    tau0: float = setting(5.0, "initial Gumbel temperature", type=cli.number(above=0))
+    tau_decay: float = setting(0.956, "temperature factor after every epoch that trains theta",
+                               type=cli.number(above=0, max=1))
+    noise: str = setting("per_sample", "one Gumbel sample per example, or one per batch (FBNet "
+                         "code)", choices=("per_sample", "per_batch"))
+    mode: str = setting("soft", "soft mixing, or one-hot forward with soft (straight-through) "
+                        "gradient", choices=("soft", "hard_st"))
+    seed: int = setting(0, "seed of splits, init, batches and sampling", type=COUNT)
+    max_steps: int = setting(0, "at most this many steps per phase and epoch (0 = full passes)",
+                             type=COUNT)
 
     def check(self):
         if not 0 < self.w_fraction < 1:

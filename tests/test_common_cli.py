@@ -99,3 +99,40 @@ def test_tool_help_has_no_misleading_defaults_and_one_description(tool, capsys):
     flat = " ".join(text.split())
     assert "(default: None)" not in flat and "(default: True)" not in flat
     assert "(default: False)" not in flat
+
+
+def test_flags_come_from_the_settings_fields(capsys):
+    """common/flags.py: one flag per field, None unless typed, defaults in the help, bounds
+    checked while parsing, a shared setting with its own default."""
+    import dataclasses
+    from typing import Optional
+
+    from common import flags
+
+    @dataclasses.dataclass(frozen=True)
+    class Base:
+        batch_size: int = flags.setting(8, "images per step", type=cli.integer(min=1))
+        data: Optional[str] = flags.setting(None, "data folder", metavar="DIR")
+        mode: str = flags.setting("soft", "how to mix", choices=("soft", "hard"))
+        progress: bool = flags.setting(True, "no bars", negate=True)
+        port: int = flags.setting(1, "port", group="distributed", resume_check=True)
+
+    @dataclasses.dataclass(frozen=True)
+    class Other:
+        batch_size: int = flags.like(Base, "batch_size", 64)
+
+    p = flags.add_flags(cli.ArgumentParser("Tool."), Base, help={"mode": "mixing (default: soft)"})
+    text = _help(p)
+    assert "images per step (default: 8)" in text and "--data DIR data folder --mode" in text
+    assert "mixing (default: soft) --no-progress no bars distributed: --port PORT" in text
+    assert flags.given(Base, p.parse_args([])) == {}
+    args = p.parse_args(["--batch-size", "2", "--no-progress", "--data", "x"])
+    assert flags.given(Base, args) == {"batch_size": 2, "progress": False, "data": "x"}
+    assert dataclasses.fields(Base)[-1].metadata["resume_check"]
+    with pytest.raises(SystemExit):
+        p.parse_args(["--batch-size", "0"])
+    assert "argument --batch-size: must be at least 1, got 0" in capsys.readouterr().err
+    q = flags.add_flags(cli.ArgumentParser("Tool."), Other)
+    assert "images per step (default: 64)" in _help(q)
+    with pytest.raises(SystemExit):
+        q.parse_args(["--batch-size", "0"])

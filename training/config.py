@@ -1,19 +1,19 @@
 """The settings of one training run as one typed, frozen record: ``TrainConfig``.
 
-Every field declares its own command-line flag and help text (``add_arguments`` generates the
-argparse flags from the fields), whether its default comes from the recipe, and whether it is
-part of the optimisation a resumed run must keep (``resume_check``: compared with the values
-saved in ``latest.pkl``).
+Every field declares its own command-line flag and help text (``common.flags``, the mechanism
+search.py's settings use too: ``add_arguments`` generates the argparse flags from the fields)
+and whether it is part of the optimisation a resumed run must keep (``resume_check``: compared
+with the values saved in ``latest.pkl``). A default of None comes from the data set's recipe.
 
 Values are resolved as: the field's default < the data set's defaults < ``--recipe NAME`` <
 the flags given on the command line (``from_args``).
 """
-import argparse
 import dataclasses
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Optional
 
+from common import flags
 from errors import UserError
 
 from .recipe import RECIPES, dataset_defaults, describe
@@ -25,16 +25,14 @@ class ConfigError(UserError):
     """A setting out of its range, or settings that contradict each other."""
 
 
-def knob(default, help, *, flag=None, resume_check=False, per_dataset=False, type=None,
-         choices=None, metavar=None, negate=False, group=None):
-    """A ``TrainConfig`` field with its command-line description.
+DIST = "data-parallel training (GPUs)"  # the flags' group in --help
 
-    per_dataset: the default comes from the data set's recipe (``training.recipe``);
-    negate: a True-by-default switch exposed as ``--no-<name>``.
-    """
-    return field(default=default, metadata=dict(
-        help=help, flag=flag, resume_check=resume_check, per_dataset=per_dataset, type=type,
-        choices=choices, metavar=metavar, negate=negate, group=group))
+
+def knob(default, help, *, resume_check=False, **flag):
+    """A ``TrainConfig`` field: its flag (``common.flags.setting``: type, choices, metavar,
+    ``negate`` for a True-by-default switch exposed as ``--no-<name>``, group) and whether a
+    resumed run must keep it."""
+    return flags.setting(default, help, resume_check=resume_check, **flag)
 
 
 def _per_dataset(key, text):
@@ -63,27 +61,25 @@ class TrainConfig:
                                  "table at the end); flags given still override",
                                  choices=tuple(RECIPES), resume_check=True)
     # the recipe's knobs
-    epochs: int = knob(None, _per_dataset("epochs", "epochs"), per_dataset=True,
-                       resume_check=True)
+    epochs: int = knob(None, _per_dataset("epochs", "epochs"), resume_check=True)
     batch_size: int = knob(None, _per_dataset("batch_size", "images per step per process"),
-                           per_dataset=True, resume_check=True)
+                           resume_check=True)
     lr: float = knob(None, _per_dataset("lr", "peak learning rate (cosine decay to 0 per "
-                                        "step)"), per_dataset=True, resume_check=True)
+                                        "step)"), resume_check=True)
     warmup_epochs: float = knob(None, _per_dataset("warmup_epochs", "linear warm-up length in "
-                                                   "epochs"), per_dataset=True,
-                                resume_check=True)
+                                                   "epochs"), resume_check=True)
     weight_decay: float = knob(None, _per_dataset("weight_decay", "L2 weight decay (not on "
-                               "biases and BN, as in the official train.py)"), per_dataset=True,
+                               "biases and BN, as in the official train.py)"),
                                resume_check=True)
     label_smoothing: float = knob(None, _per_dataset("label_smoothing", "label smoothing in "
-                                  "[0, 1)"), per_dataset=True, resume_check=True)
+                                  "[0, 1)"), resume_check=True)
     image_size: int = knob(None, _per_dataset("image_size", "training resolution"),
-                           per_dataset=True, resume_check=True)
+                           resume_check=True)
     eval_image_size: int = knob(0, "evaluation resolution (0 = --image-size); recorded in "
                                 "best.pkl/deploy.pkl as the model's input size",
                                 resume_check=True)
     workers: int = knob(None, _per_dataset("workers", "data loader worker processes (0 = in "
-                                           "the main process)"), per_dataset=True)
+                                           "the main process)"))
     aa: str = knob("none", "AutoAugment / RandAugment policy on training images: none, autoaug "
                    "(the paper's ImageNet policy), rand-m9-mstd0.5-style RandAugment, raugN "
                    "(the official repository's RandAugment, magnitude N)", resume_check=True)
@@ -132,12 +128,12 @@ class TrainConfig:
                           choices=("profile", "heuristic"))
     progress: bool = knob(True, "hide the progress bars (the log lines stay)", negate=True)
     # data-parallel training
-    ngpus: int = knob(1, "GPUs (processes) on this machine", group="dist")
-    world_size: int = knob(1, "number of machines", group="dist")
+    ngpus: int = knob(1, "GPUs (processes) on this machine", group=DIST)
+    world_size: int = knob(1, "number of machines", group=DIST)
     rank: int = knob(0, "this machine's index, 0 .. --world-size - 1 (0 = master)",
-                     group="dist")
-    dist_addr: str = knob("localhost", "master machine's address", group="dist")
-    dist_port: int = knob(23456, "master machine's port", group="dist")
+                     group=DIST)
+    dist_addr: str = knob("localhost", "master machine's address", group=DIST)
+    dist_port: int = knob(23456, "master machine's port", group=DIST)
 
     # -- derived ---------------------------------------------------------------------------
     @property
@@ -161,37 +157,10 @@ def resume_fields():
     return tuple(f.name for f in fields(TrainConfig) if f.metadata["resume_check"])
 
 
-def _flag(f):
-    return f.metadata["flag"] or "--" + ("no-" if f.metadata["negate"] else "") + \
-        f.name.replace("_", "-")
-
-
-def _type(f):
-    if f.metadata["type"] is not None:
-        return f.metadata["type"]
-    t = f.type if not isinstance(f.type, str) else eval(f.type)  # noqa: S307 (our own hints)
-    return {Optional[str]: str}.get(t, t)
-
-
 def add_arguments(parser):
-    """Add one flag per ``TrainConfig`` field. Defaults are suppressed, so the namespace holds
-    exactly the flags the user gave (``from_args`` fills in the rest)."""
-    groups = {None: parser, "dist": parser.add_argument_group("data-parallel training (GPUs)")}
-    for f in fields(TrainConfig):
-        m = f.metadata
-        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=m["help"])
-        if _type(f) is bool:
-            kwargs["action"] = "store_false" if m["negate"] else "store_true"
-        else:
-            kwargs["type"] = _type(f)
-            if m["choices"]:
-                kwargs["choices"] = m["choices"]
-            if m["metavar"]:
-                kwargs["metavar"] = m["metavar"]
-            if f.default is not None and not m["per_dataset"]:
-                kwargs["help"] += " (default: %s)" % (f.default,)
-        groups[m["group"]].add_argument(_flag(f), **kwargs)
-    return parser
+    """Add one flag per ``TrainConfig`` field; each stays None unless typed (``from_args``
+    fills in the rest)."""
+    return flags.add_flags(parser, TrainConfig)
 
 
 def detect_dataset_name(given, data):
@@ -203,7 +172,7 @@ def detect_dataset_name(given, data):
 def from_args(args):
     """``TrainConfig`` from an argparse namespace made by ``add_arguments``: field defaults,
     then the data set's defaults, then ``--recipe``, then the given flags."""
-    given = vars(args)
+    given = flags.given(TrainConfig, args)
     dataset = detect_dataset_name(given.get("dataset"), given.get("data"))
     values = dict(dataset_defaults(dataset))
     if given.get("recipe"):
