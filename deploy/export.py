@@ -1,6 +1,7 @@
-"""Exporting a checkpoint for deployment: build the deploy form, write ``.mge`` or ``.onnx`` with
-its metadata, load the file back with the runtime that will run it and check its logits against
-the eager model before the file is renamed into place (``common.atomic``).
+"""Exporting a checkpoint for deployment: build the deploy form, write ``.mge``, ``.onnx`` or (a
+binary network) ``.bnn`` with its metadata, load the file back with the runtime that will run it
+and check its logits against the eager model before the file is renamed into place
+(``common.atomic``).
 
 ``tools/export.py`` is the command line over ``export``. This is the one module of ``deploy/``
 that imports ``model`` (lazily): the inference side (``runtime``, ``lite``, ``preprocess``) does
@@ -20,7 +21,12 @@ from . import dump, preprocess, runtime
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("mge", "onnx")
+FORMATS = ("mge", "onnx", "bnn")
+# .bnn (deploy/binary_runtime.py): integer XNOR-popcount counts are exact; the rest is float
+# rounding (α·count rounded once where the emulation sums ±α terms, BatchNorm folded): about
+# 1e-6 of the largest logit. 1e-4 leaves room for an activation within rounding of 0 binarizing
+# the other way (rare; docs/binary-inference.md); a wrong scale or padding rule is off by > 1e-2.
+BNN_TOLERANCE = 1e-4
 
 
 class ExportCheckError(UserError):
@@ -90,11 +96,16 @@ def check_exported(run, x, references, what, tolerance=None):
 
 
 def check_dumped(path, x, references, threads=None, tolerance=None, fmt=None):
-    """Run the exported file at ``path`` (``fmt`` 'mge' or 'onnx'; default: by its suffix) on
-    ``x`` with the runtime ``tools/infer.py`` uses (metadata, layout and algorithm cache) and
+    """Run the exported file at ``path`` (``fmt`` 'mge', 'onnx' or 'bnn'; default: by its suffix)
+    on ``x`` with the runtime ``tools/infer.py`` uses (metadata, layout and algorithm cache) and
     compare with ``references``."""
-    fmt = fmt or ("onnx" if os.fspath(path).lower().endswith(".onnx") else "mge")
-    if fmt == "onnx":
+    fmt = fmt or os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
+    if fmt == "bnn":
+        from .binary_runtime import BinaryModel
+
+        model, what = BinaryModel(os.fspath(path), threads), "packed binary model"
+        tolerance = BNN_TOLERANCE if tolerance is None else tolerance
+    elif fmt == "onnx":
         model, what = runtime.OnnxModel(os.fspath(path), threads), "exported ONNX graph"
     else:
         model, what = runtime.open_mge(os.fspath(path), threads), "dumped graph"
@@ -111,16 +122,16 @@ def write_checked(path, write, check):
 
 
 def format_of(output, requested=None):
-    """'mge' or 'onnx': ``requested`` (``--format``) or the suffix of ``output``; they must agree,
-    because ``tools/infer.py`` tells the formats apart by the suffix."""
+    """'mge', 'onnx' or 'bnn': ``requested`` (``--format``) or the suffix of ``output``; they
+    must agree, because ``tools/infer.py`` tells the formats apart by the suffix."""
     suffix = os.path.splitext(os.fspath(output))[1].lower().lstrip(".")
     if requested and suffix in FORMATS and suffix != requested:
         raise UserError("--format %s but the output is named %s; name it .%s"
                         % (requested, output, requested))
     fmt = requested or (suffix if suffix in FORMATS else None)
     if fmt is None:
-        raise UserError("cannot tell the format of %s: name it .mge or .onnx (or pass --format)"
-                        % output)
+        raise UserError("cannot tell the format of %s: name it .mge, .onnx or .bnn (or pass "
+                        "--format)" % output)
     if suffix != fmt:
         raise UserError("the output %s must end in .%s (tools/infer.py reads the format from "
                         "the suffix)" % (output, fmt))
@@ -191,6 +202,17 @@ def write_onnx(source, x, path):
                                                     format=runtime.METADATA_FORMAT))
 
 
+def write_bnn(source, x, path, program=None):
+    """The packed binary model (``deploy/binary_export.py``) with its metadata; ``program``: one
+    already built from ``source.deploy``."""
+    from . import binary_export, binary_runtime
+
+    program = program or binary_export.build_program(source.deploy)
+    metadata = dict(source.metadata(x.shape), binary_layers=program.binary_layers)
+    binary_runtime.write(path, program, runtime.encode_metadata(metadata), x.shape)
+    return program
+
+
 def check_batch(spec, batch, images=None, seed=0):
     """The input an export is checked on: ``images`` prepared with ``spec`` when given, else
     generated images that differ per sample (``model.parity.sample_inputs``)."""
@@ -206,7 +228,7 @@ def check_batch(spec, batch, images=None, seed=0):
 @dataclasses.dataclass
 class Exported:
     checks: list             # ``model.parity.Parity`` results of the check
-    written: MgeWritten = None  # for a .mge: what it was written with
+    written: object = None   # .mge: the MgeWritten; .bnn: the binary_export.Program
 
 
 def export(source, output, fmt, x, options=dump.DEFAULT_OPTIONS, threads=None,
@@ -215,6 +237,11 @@ def export(source, output, fmt, x, options=dump.DEFAULT_OPTIONS, threads=None,
     model (and the eager train model for a train-form source): an ``Exported``."""
     import megengine as mge
 
+    program = None
+    if fmt == "bnn":  # a model with nothing to pack is refused before any work
+        from .binary_export import build_program
+
+        program = build_program(source.deploy)
     references = [("eager deploy", source.deploy(mge.tensor(x)).numpy())]
     if source.train is not None:
         references.append(("eager train", source.train(mge.tensor(x)).numpy()))
@@ -222,9 +249,20 @@ def export(source, output, fmt, x, options=dump.DEFAULT_OPTIONS, threads=None,
     if fmt == "onnx":
         def write(tmp):
             write_onnx(source, x, tmp)
+    elif fmt == "bnn":
+        def write(tmp):
+            result.written = write_bnn(source, x, tmp, program)
     else:
         def write(tmp):
             result.written = write_mge(source, x, tmp, options, threads, algo_cache, deadline)
-    result.checks = write_checked(output, write,
-                                  lambda tmp: check_dumped(tmp, x, references, threads, fmt=fmt))
+    try:
+        result.checks = write_checked(output, write, lambda tmp: check_dumped(
+            tmp, x, references, threads, fmt=fmt))
+    except ExportCheckError as e:
+        if fmt == "bnn" and program.initial_batchnorm:
+            raise ExportCheckError("%s (its BatchNorm layers hold their initial statistics, so "
+                                   "many activations are exactly 0 and the float emulation's "
+                                   "rounding picks their sign: export a trained model)" % e) \
+                from None
+        raise
     return result

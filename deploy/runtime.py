@@ -1,5 +1,6 @@
-"""Opening an exported model for inference, whichever format: ``.mge`` (MegEngine Lite) or
-``.onnx`` (ONNX Runtime), with the metadata ``tools/export.py`` recorded in it.
+"""Opening an exported model for inference, whichever format: ``.mge`` (MegEngine Lite),
+``.onnx`` (ONNX Runtime) or ``.bnn`` (a packed binary network, ``deploy/binary_runtime.py``),
+with the metadata ``tools/export.py`` recorded in it.
 
 ``open_model(path, threads)`` returns an object with ``model(batch) -> logits`` (numpy),
 ``input_shape`` (the exported ``(N, 3, H, W)``), ``num_classes`` and ``metadata`` (a dict:
@@ -228,8 +229,8 @@ def open_mge(path, threads=None, **lite_options):
 
 
 def open_model(path, threads=None, precision="fp32", **lite_options):
-    """An exported model by its suffix: ``.mge`` (Lite) or ``.onnx`` (ONNX Runtime; OpenVINO
-    in bf16 with ``precision="bf16"``)."""
+    """An exported model by its suffix: ``.mge`` (Lite), ``.onnx`` (ONNX Runtime; OpenVINO
+    in bf16 with ``precision="bf16"``) or ``.bnn`` (packed binary, ``binary_runtime``)."""
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lower()
     if precision not in PRECISIONS:
@@ -244,5 +245,9 @@ def open_model(path, threads=None, precision="fp32", **lite_options):
         return model
     if suffix == ".mge":
         return open_mge(path, threads, **lite_options)
-    raise ModelFileError("%s: unknown model format %r (expected .mge or .onnx)"
+    if suffix == ".bnn":
+        from .binary_runtime import BinaryModel
+
+        return BinaryModel(path, threads)
+    raise ModelFileError("%s: unknown model format %r (expected .mge, .onnx or .bnn)"
                          % (path, suffix or "no suffix"))

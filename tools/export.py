@@ -1,9 +1,11 @@
-"""Export a RepVGG checkpoint for deployment: a MegEngine graph (.mge) or ONNX (.onnx), checked.
+"""Export a RepVGG checkpoint for deployment: a MegEngine graph (.mge), ONNX (.onnx) or, for a
+binary network, a bit-packed binary model (.bnn), checked.
 
     python tools/export.py --load runs/RepVGG-A0-digits/deploy.pkl --output a0.mge
     python tools/export.py --load train.pkl --output a0.onnx             # or --format onnx
     python tools/export.py --load deploy.pkl --output a0_b16.mge --batch 16
     python tools/export.py --arch RepVGG-A0 --random-init --output bench.mge   # random weights
+    python tools/export.py --load runs/bnn/best.pkl --output bnn.bnn   # binary: XNOR-popcount
 
 A train-form checkpoint is converted to deploy form first (every block fused into one 3x3 conv).
 .mge: traced with megengine.jit.trace(symbolic=True, capture_as_const=True) and dumped with
@@ -14,14 +16,17 @@ algorithm choices, so tools/infer.py starts fast and runs the fastest kernels he
 probed first and dropped with a warning where this CPU cannot run it), are used only on this
 CPU; another CPU runs the portable graph. Probing and profiling run in child processes with a
 deadline (--timeout). .onnx: written with the onnx package from the deploy-form module tree
-(deploy/onnx_export.py), dynamic batch.
+(deploy/onnx_export.py), dynamic batch. .bnn (a network with binary convs: BinaryResNet18-*,
+an arch.json of binary primitives): weights packed 64 per word, run with XNOR + popcount
+(deploy/binary_runtime.py, docs/binary-inference.md); a model without binary layers is refused.
 
-Both carry metadata: the preprocessing the checkpoint records (input size, resize, crop,
+All carry metadata: the preprocessing the checkpoint records (input size, resize, crop,
 mean/std: deploy/preprocess.py; ImageNet's, with a note, when it records none), the class names
 and the architecture, so tools/infer.py needs no flags. The written file is loaded back with the
-runtime that will run it (Lite or ONNX Runtime) and run on a check batch (--check-image, or
-generated images); its output must equal the eager deploy model's, and the eager train model's
-for a train-form checkpoint, to float32 rounding (relative difference <= 1e-5). Only then is the
+runtime that will run it (Lite, ONNX Runtime, the packed kernels) and run on a check batch
+(--check-image, or generated images); its output must equal the eager deploy model's, and the
+eager train model's for a train-form checkpoint, to float32 rounding (relative difference
+<= 1e-5; 1e-4 for .bnn, whose float emulation sums ±α terms in another order). Only then is the
 file moved into place: a failed check or an interrupted export leaves nothing behind.
 """
 import os
@@ -44,9 +49,9 @@ def parse_args(argv):
                      help="no checkpoint: random weights (benchmarks, tests); needs --arch")
     p.add_argument("--num-classes", type=int, default=1000, help="classes with --random-init")
     p.add_argument("--output", required=True, metavar="FILE",
-                   help="file to write: .mge (MegEngine) or .onnx")
+                   help="file to write: .mge (MegEngine), .onnx or .bnn (packed binary)")
     p.add_argument("--format", choices=ex.FORMATS,
-                   help="mge or onnx (default: from the --output suffix)")
+                   help="mge, onnx or bnn (default: from the --output suffix)")
     p.add_argument("--batch", type=int, default=1,
                    help="batch size of the exported input and of the fast-run profiling (both "
                         "runtimes also run other batch sizes)")
@@ -80,6 +85,10 @@ def main(argv=None):
     fmt = ex.format_of(args.output, args.format)
     use_device(dump.trace_device(args.threads))
     source = ex.build_model(args.load, args.arch, args.num_classes, args.size)
+    if fmt == "bnn":  # nothing to pack: refused before anything else is said or done
+        from deploy.binary_export import check_binary
+
+        check_binary(source.deploy)
     if not args.load:
         print("warning: exporting randomly initialised weights (for benchmarks and tests "
               "only, not for predictions)", file=sys.stderr)
@@ -89,14 +98,18 @@ def main(argv=None):
     exported = ex.export(source, args.output, fmt, x, args.options, args.threads,
                          algo_cache=not args.no_algo_cache, deadline=args.timeout)
     written = exported.written
-    for note in written.notes if written else []:
+    for note in written.notes if fmt == "mge" else []:
         print("warning: " + note, file=sys.stderr)
     for r in exported.checks:
         print("check %-32s max relative difference %.2e, top-1 agreement %.0f%%"
               % (r.name, r.max_rel, 100 * r.top1_agree))
-    how = ("options %s%s" % (written.options, ", fast-run algorithm cache for this CPU"
-                             if written.algo_cache else "")
-           if fmt == "mge" else "ONNX opset %d" % _opset())
+    if fmt == "bnn":
+        how = "%d packed binary layers, 64-bit words" % written.binary_layers
+    elif fmt == "mge":
+        how = "options %s%s" % (written.options, ", fast-run algorithm cache for this CPU"
+                                if written.algo_cache else "")
+    else:
+        how = "ONNX opset %d" % _opset()
     print("exported %s (%s form in, %s, input %dx3x%dx%d, preprocessing %s) -> %s (%.1f MB)"
           % (source.arch, "train" if source.train is not None else "deploy", how, args.batch,
              source.spec.size, source.spec.size, source.spec.name, args.output,

@@ -1,15 +1,17 @@
-"""Classify images with an exported model (.mge or .onnx from tools/export.py), without the
-model code; or time it (--benchmark).
+"""Classify images with an exported model (.mge, .onnx or .bnn from tools/export.py), without
+the model code; or time it (--benchmark).
 
     python tools/infer.py a0.mge cat.jpg dog.png
     python tools/infer.py a0.onnx photos/*.jpg --top 3
     python tools/infer.py a0.mge --benchmark --batch 16 --runs 20     # last line: "<N> img/s"
     python tools/infer.py a0.onnx cat.jpg --precision bf16       # bfloat16 (OpenVINO), opt-in
+    python tools/infer.py bnn.bnn cat.jpg         # a binary network, XNOR-popcount (numba)
 
 A .mge runs under MegEngine Lite (with the fast-run algorithm cache and layout recorded at export
 time when this is the CPU that exported it; on another CPU its portable graph runs untuned, said
-in a note), a .onnx under ONNX Runtime; nothing from the project's model/ package is imported. Each image is
-prepared with the preprocessing recorded in the model (deploy/preprocess.py: resize the shorter
+in a note), a .onnx under ONNX Runtime, a .bnn (a binary network) with the bit-packed kernels of
+deploy/bitops.py; nothing from the project's model/ package is imported. Each image is prepared
+with the preprocessing recorded in the model (deploy/preprocess.py: resize the shorter
 side, centre crop, the training run's mean/std; ImageNet's, with a note, for a model that records
 none), so the answer is tools/predict.py's on the checkpoint it was exported from. Class names
 come from the model (recorded at export), else --labels, else class indices are printed.
@@ -61,7 +63,7 @@ def benchmark(model, batch, warmup, runs, seed=0):
 
 def parse_args(argv):
     p = cli.ArgumentParser(__doc__)
-    p.add_argument("model", metavar="MODEL", help="exported model (.mge or .onnx)")
+    p.add_argument("model", metavar="MODEL", help="exported model (.mge, .onnx or .bnn)")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files")
     p.add_argument("--labels", metavar="FILE", help="class names, one per line (default: the "
                    "names recorded in the model, else class indices)")

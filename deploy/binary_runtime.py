@@ -1,0 +1,358 @@
+"""Running a packed binary model (``.bnn``, written by ``tools/export.py --format bnn``).
+
+The file is a NumPy ``.npz`` archive, read with ``allow_pickle=False`` (nothing in it is ever
+unpickled): ``header``, the UTF-8 JSON text below as a uint8 array, and the arrays it names
+(``a0``, ``a1``, ...; packed weights are uint64, little-endian as ``.npy`` records)::
+
+    {"format": "repvgg-binary-model/1", "word_bits": 64,
+     "input_shape": [N, 3, H, W], "num_classes": 10, "output": 57,
+     "metadata": "<the JSON text runtime.encode_metadata writes>",
+     "ops": [{"op": "conv", "inputs": [0], "out": 1, "weight": "a0", ...}, ...]}
+
+Value 0 is the input batch (NCHW in, NHWC inside); each op writes the value ``out``; ``output``
+is the logits. Ops (attributes in ``OPS``): ``conv`` (float conv, one matmul per group, optional
+sign of the input, pad value, shifted grid), ``bconv`` (``deploy/bitops.py``: XNOR-popcount over
+packed words, ``count·scale + shift``), ``affine`` (per channel), ``relu``, ``add``, ``concat``
+(channels), ``avgpool2`` (2x2 stride 2, ceil mode by edge replication), ``maxpool``,
+``subsample`` (every s-th pixel, zero channels appended), ``gap``, ``linear``.
+
+A file that is not such an archive, names an unknown op, lacks an array, or whose shapes do not
+fit together is one ``ModelFileError`` line: the header is checked op by op, then the model runs
+once on zeros at its input size (every shape is checked before a kernel touches memory). Never
+imports ``model`` or MegEngine.
+"""
+import json
+import os
+import zipfile
+
+import numpy as np
+
+from errors import ModelFileError
+
+BINARY_FORMAT = "repvgg-binary-model/1"
+SUFFIX = ".bnn"
+HEADER = "header"
+WORD_BITS = 64
+
+# op -> {attribute: kind}; kinds: "int", "ints" (two ints), "float", "bool",
+# "f32:<ndim>" / "u64:<ndim>" / "i64:<ndim>" (an array of the archive)
+_CONV = {"stride": "ints", "padding": "ints", "dilation": "ints", "relu": "bool",
+         "scale": "f32:1", "shift": "f32:1", "offset": "int"}
+OPS = {
+    "conv": dict(_CONV, weight="f32:3", kernel="ints", groups="int", pad_value="float",
+                 binarize="bool"),
+    "bconv": dict(_CONV, bits="u64:5", neg="i64:4", channels="int", pad_mode="int"),
+    "affine": {"scale": "f32:1", "shift": "f32:1", "relu": "bool"},
+    "relu": {}, "add": {}, "concat": {}, "avgpool2": {}, "gap": {},
+    "maxpool": {"kernel": "ints", "stride": "ints", "padding": "ints"},
+    "subsample": {"stride": "int", "extra": "int"},
+    "linear": {"weight": "f32:2", "bias": "f32:1"},
+}
+ARITY = {"add": 2, "concat": None}  # None: two or more; every other op takes one input
+_DTYPES = {"f32": np.float32, "u64": np.uint64, "i64": np.int64}
+
+
+class _Bad(ValueError):
+    """A header or shape that does not fit; becomes a ModelFileError naming the file."""
+
+
+def write(path, program, metadata_text, input_shape):
+    """Write ``program`` (``deploy.binary_export.Program``) to ``path`` (a path or a binary file
+    object) with the metadata JSON text."""
+    header = {"format": BINARY_FORMAT, "word_bits": WORD_BITS,
+              "input_shape": [int(d) for d in input_shape], "num_classes": program.num_classes,
+              "output": int(program.output), "metadata": metadata_text, "ops": program.ops}
+    text = np.frombuffer(json.dumps(header, sort_keys=True).encode("utf-8"), np.uint8)
+    arrays = {HEADER: text, **program.arrays}
+    if hasattr(path, "write"):
+        np.savez(path, **arrays)
+    else:
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+
+
+# -- ops, NHWC ------------------------------------------------------------------------------
+def _need(cond, message, *args):
+    if not cond:
+        raise _Bad(message % args)
+
+
+def _pad(x, top, bottom, left, right, value):
+    if not (top or bottom or left or right):
+        return x
+    return np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=value)
+
+
+def _windows(x, kernel, stride, dilation, out_h, out_w):
+    """Yields the ``(N, out_h, out_w, C)`` input slice of each tap, row-major."""
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            h0, w0 = i * dilation[0], j * dilation[1]
+            yield x[:, h0:h0 + stride[0] * (out_h - 1) + 1:stride[0],
+                    w0:w0 + stride[1] * (out_w - 1) + 1:stride[1]]
+
+
+def _shifted_pad(x, padding, offset, value):
+    """Pad as ``BinaryConv2d`` does (one extra row/column at the end on odd sizes for the
+    shifted half), then drop the first ``offset`` rows and columns."""
+    n, h, w, c = x.shape
+    eh, ew = (h % 2, w % 2) if offset else (0, 0)
+    x = _pad(x, padding[0], padding[0] + eh, padding[1], padding[1] + ew, value)
+    return x[:, offset:, offset:] if offset else x
+
+
+def _out_len(size, kernel, stride, dilation):
+    n = (size - dilation * (kernel - 1) - 1) // stride + 1
+    _need(n >= 1, "a %d-wide input is too small for a %d-tap window", size, kernel)
+    return n
+
+
+def op_conv(op, a, x):
+    w = a[op["weight"]]
+    groups, (kh, kw) = op["groups"], op["kernel"]
+    n, h, wd, c = x.shape
+    _need(groups >= 1 and c % groups == 0, "conv: %d channels in %d groups", c, groups)
+    cg = c // groups
+    _need(w.shape[:2] == (groups, kh * kw * cg), "conv: weight %s for %d channels, %dx%d",
+          w.shape, c, kh, kw)
+    channels = groups * w.shape[2]
+    _need(a[op["scale"]].shape == a[op["shift"]].shape == (channels,), "conv: scale/shift size")
+    if op["binarize"]:
+        x = np.where(x >= 0, np.float32(1), np.float32(-1))
+    x = _shifted_pad(x, op["padding"], op["offset"], op["pad_value"])
+    oh = _out_len(x.shape[1], kh, op["stride"][0], op["dilation"][0])
+    ow = _out_len(x.shape[2], kw, op["stride"][1], op["dilation"][1])
+    outs = []
+    for g in range(groups):
+        xg = x[..., g * cg:(g + 1) * cg] if groups > 1 else x
+        taps = list(_windows(xg, (kh, kw), op["stride"], op["dilation"], oh, ow))
+        cols = taps[0] if len(taps) == 1 else np.concatenate(taps, axis=-1)
+        outs.append(cols.reshape(n * oh * ow, -1) @ w[g])
+    y = outs[0] if groups == 1 else np.concatenate(outs, axis=-1)
+    y = y.reshape(n, oh, ow, channels) * a[op["scale"]] + a[op["shift"]]
+    return np.maximum(y, 0, out=y) if op["relu"] else y
+
+
+def op_bconv(op, a, x):
+    from . import bitops
+
+    bits, neg = a[op["bits"]], a[op["neg"]]
+    groups, kh, kw, words, og = bits.shape
+    c = op["channels"]
+    _need(x.shape[-1] == c and groups >= 1 and c % groups == 0,
+          "bconv: input of %d channels for %d in %d groups", x.shape[-1], c, groups)
+    _need(words == bitops.words_for(c // groups), "bconv: %d words for %d channels per group",
+          words, c // groups)
+    _need(neg.shape == (groups, kh, kw, og), "bconv: counts %s for weights %s", neg.shape,
+          bits.shape)
+    _need(a[op["scale"]].shape == a[op["shift"]].shape == (groups * og,), "bconv: scale/shift")
+    _need(op["pad_mode"] in (bitops.PAD_ZERO, bitops.PAD_MINUS, bitops.PAD_PLUS),
+          "bconv: pad mode %r", op["pad_mode"])
+    _need(op["offset"] in (0, 1) and min(op["stride"]) >= 1 and min(op["dilation"]) >= 1
+          and min(op["padding"]) >= 0, "bconv: bad stride/padding/dilation/offset")
+    for axis, k in ((1, kh), (2, kw)):
+        size = bitops.out_size(x.shape[axis], k, op["stride"][axis - 1],
+                               op["padding"][axis - 1], op["dilation"][axis - 1], op["offset"])
+        _need(size >= 1, "bconv: a %d-wide input is too small", x.shape[axis])
+    packed = bitops.pack_signs(x, groups)
+    return bitops.binary_conv(packed, bits, neg, a[op["scale"]], a[op["shift"]], c // groups,
+                              tuple(op["stride"]), tuple(op["padding"]),
+                              tuple(op["dilation"]), op["offset"], op["pad_mode"], op["relu"])
+
+
+def op_affine(op, a, x):
+    scale, shift = a[op["scale"]], a[op["shift"]]
+    _need(scale.shape == shift.shape == (x.shape[-1],), "affine: %s for %d channels",
+          scale.shape, x.shape[-1])
+    y = x * scale + shift
+    return np.maximum(y, 0, out=y) if op["relu"] else y
+
+
+def op_relu(op, a, x):
+    return np.maximum(x, 0)
+
+
+def op_add(op, a, x, y):
+    _need(x.shape == y.shape, "add: shapes %s and %s", x.shape, y.shape)
+    return x + y
+
+
+def op_concat(op, a, *xs):
+    _need(len({v.shape[:-1] for v in xs}) == 1, "concat: shapes %s", [v.shape for v in xs])
+    return np.concatenate(xs, axis=-1)
+
+
+def op_avgpool2(op, a, x):
+    h, w = x.shape[1] % 2, x.shape[2] % 2
+    if h or w:
+        x = np.pad(x, ((0, 0), (0, h), (0, w), (0, 0)), mode="edge")
+    return (x[:, 0::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 0::2] + x[:, 1::2, 1::2]) \
+        * np.float32(0.25)
+
+
+def op_maxpool(op, a, x):
+    kernel, stride, padding = op["kernel"], op["stride"], op["padding"]
+    _need(min(kernel) >= 1 and min(stride) >= 1 and min(padding) >= 0, "maxpool: bad window")
+    x = _pad(x, padding[0], padding[0], padding[1], padding[1], -np.inf)
+    oh = _out_len(x.shape[1], kernel[0], stride[0], 1)
+    ow = _out_len(x.shape[2], kernel[1], stride[1], 1)
+    out = None
+    for tap in _windows(x, kernel, stride, (1, 1), oh, ow):
+        out = tap.copy() if out is None else np.maximum(out, tap, out=out)
+    return out
+
+
+def op_subsample(op, a, x):
+    s, extra = op["stride"], op["extra"]
+    _need(s >= 1 and extra >= 0, "subsample: stride %d, %d extra channels", s, extra)
+    x = x[:, ::s, ::s]
+    if not extra:
+        return np.ascontiguousarray(x)
+    return np.concatenate([x, np.zeros(x.shape[:3] + (extra,), np.float32)], axis=-1)
+
+
+def op_gap(op, a, x):
+    _need(x.ndim == 4, "gap: input of shape %s", x.shape)
+    return x.mean(axis=(1, 2), dtype=np.float32)
+
+
+def op_linear(op, a, x):
+    w, b = a[op["weight"]], a[op["bias"]]
+    _need(x.ndim == 2 and w.shape[0] == x.shape[1] and b.shape == (w.shape[1],),
+          "linear: input %s, weight %s, bias %s", x.shape, w.shape, b.shape)
+    return x @ w + b
+
+
+RUN = {name: globals()["op_" + name] for name in OPS}
+
+
+def last_uses(ops):
+    """For each op, the values it reads for the last time (freed after it runs)."""
+    last = {}
+    for i, op in enumerate(ops):
+        for v in op["inputs"]:
+            last[v] = i
+    return [sorted({v for v in op["inputs"] if last[v] == i}) for i, op in enumerate(ops)]
+
+
+def execute(ops, arrays, output, x, free=None):
+    """Run ``ops`` on the NCHW batch ``x``: the value ``output`` (NHWC, or (N, C) after
+    ``gap``)."""
+    values = {0: np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 2, 3, 1))}
+    for op, done in zip(ops, free or last_uses(ops)):
+        y = RUN[op["op"]](op, arrays, *[values[v] for v in op["inputs"]])
+        for v in done:
+            if v != output:
+                del values[v]
+        values[op["out"]] = y
+    return values[output]
+
+
+# -- loading ----------------------------------------------------------------------------------
+def _check_attr(op, key, kind, arrays):
+    value = op.get(key)
+    if kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "ints":
+        ok = (isinstance(value, list) and len(value) == 2
+              and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+    elif kind == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif kind == "bool":
+        ok = isinstance(value, bool)
+    else:
+        dtype, ndim = kind.split(":")
+        arr = arrays.get(value) if isinstance(value, str) else None
+        _need(arr is not None, "op %r: array %r is missing", op.get("op"), value)
+        ok = arr.dtype == _DTYPES[dtype] and arr.ndim == int(ndim)
+    _need(ok, "op %r: attribute %r is not a valid %s (%r)", op.get("op"), key, kind,
+          value if not isinstance(value, str) else value[:40])
+
+
+def _check_header(header, arrays):
+    _need(isinstance(header, dict), "the header is not a JSON object")
+    _need(header.get("format") == BINARY_FORMAT, "unknown format %r (expected %s)",
+          header.get("format"), BINARY_FORMAT)
+    _need(header.get("word_bits") == WORD_BITS, "word size %r", header.get("word_bits"))
+    shape = header.get("input_shape")
+    _need(isinstance(shape, list) and len(shape) == 4
+          and all(isinstance(d, int) and d >= 1 for d in shape), "input shape %r", shape)
+    ops = header.get("ops")
+    _need(isinstance(ops, list) and ops, "no ops")
+    defined = {0}
+    for op in ops:
+        _need(isinstance(op, dict) and op.get("op") in OPS, "unknown op %r",
+              op.get("op") if isinstance(op, dict) else op)
+        inputs, out = op.get("inputs"), op.get("out")
+        _need(isinstance(inputs, list) and all(isinstance(v, int) and v in defined
+                                               for v in inputs),
+              "op %r reads an undefined value", op["op"])
+        arity = ARITY.get(op["op"], 1)
+        _need(len(inputs) >= 2 if arity is None else len(inputs) == arity,
+              "op %r takes %s inputs, got %d", op["op"], arity or "2+", len(inputs))
+        _need(isinstance(out, int) and out not in defined, "op %r: bad output value %r",
+              op["op"], out)
+        defined.add(out)
+        for key, kind in OPS[op["op"]].items():
+            _check_attr(op, key, kind, arrays)
+    _need(header.get("output") in defined and header.get("output") != 0,
+          "output value %r", header.get("output"))
+
+
+class BinaryModel:
+    """A ``.bnn`` file: ``model(batch) -> logits`` (numpy), as ``runtime.open_model``'s other
+    formats (``input_shape``, ``num_classes``, ``metadata``, ``notes``)."""
+
+    def __init__(self, path, threads=None):
+        from common.cpus import cpu_count
+
+        from . import bitops
+        from .runtime import decode_metadata
+
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise ModelFileError("model file not found: %s" % path)
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {k: archive[k] for k in archive.files}
+            header = json.loads(bytes(arrays.pop(HEADER)).decode("utf-8"))
+            _check_header(header, arrays)
+        except (_Bad, KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile,
+                UnicodeDecodeError) as e:
+            raise ModelFileError("%s is not a valid packed binary model (%s)"
+                                 % (path, _one_line(e))) from None
+        self.path, self.ops, self.arrays = path, header["ops"], arrays
+        self.output = header["output"]
+        self.input_shape = tuple(header["input_shape"])
+        self.num_classes = header.get("num_classes")
+        self.metadata = decode_metadata(header.get("metadata"), path)
+        self.notes = []
+        self.binary_layers = sum(op["op"] == "bconv" for op in self.ops)
+        self._free = last_uses(self.ops)
+        bitops.set_threads(threads or cpu_count())
+        try:  # every shape checked once, at the file's own input size
+            out = self._run(np.zeros((1,) + self.input_shape[1:], np.float32))
+            _need(out.ndim == 2, "the output has shape %s, not (N, classes)", out.shape)
+            _need(self.num_classes in (None, out.shape[1]), "%r classes recorded, %d computed",
+                  self.num_classes, out.shape[1])
+        except (_Bad, ValueError, IndexError, TypeError) as e:
+            raise ModelFileError("%s is not a valid packed binary model (%s)"
+                                 % (path, _one_line(e))) from None
+        self.num_classes = out.shape[1]
+
+    def _run(self, x):
+        return execute(self.ops, self.arrays, self.output, x, self._free)
+
+    def __call__(self, batch):
+        from .runtime import _checked_batch
+
+        return self._run(_checked_batch(batch, self.input_shape))
+
+
+def _one_line(e):
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]
+
+
+def open_binary(path, threads=None):
+    return BinaryModel(path, threads)

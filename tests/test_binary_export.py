@@ -1,0 +1,175 @@
+"""tools/export.py --format bnn and tools/infer.py on a .bnn: a binary network trained for a few
+steps on the digits (BinaryResNet18-bmxnet: sign weights, -1 padding; a searched network of
+binary primitives from an architecture dict: xnor/bireal scales, 0 padding, factorized
+reductions) exports, checked, and classifies images as its float emulation does, without the
+model code; what cannot be packed or read is one line."""
+import os
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import megengine as mge
+import megengine.functional as F
+import megengine.optimizer as optim
+from megengine.autodiff import GradManager
+
+from common.checkpoint import save_checkpoint
+from data.digits import load_digits
+from deploy import binary_runtime as br
+from deploy import preprocess
+from model.checkpoint import build_model, checkpoint_dict, numpy_state_dict
+from helpers import assert_top_k, call_tool, one_line_error, run_tool
+
+SIZE, CLASSES = 16, 10
+NAMES = ["digit%d" % i for i in range(CLASSES)]
+SEARCHED = {
+    "format": "repvgg-search-arch/1", "space": "test", "image_size": SIZE,
+    "num_classes": CLASSES, "stem": {"channels": 16, "stride": 1},
+    "layers": [{"op": "xnor_resnet_block", "C_in": 16, "C_out": 32, "stride": 2},
+               {"op": "bireal_resnet_block", "C_in": 32, "C_out": 32, "stride": 1},
+               {"op": "xnor_vgg_block", "C_in": 32, "C_out": 64, "stride": 2},
+               {"op": "xnor_conv_3x3_cond_skip", "C_in": 64, "C_out": 64, "stride": 1},
+               {"op": "xnor_nin", "C_in": 64, "C_out": 64, "stride": 1},
+               {"op": "xnor_skip_connect", "C_in": 64, "C_out": 128, "stride": 2}],
+    "head": {"channels": 0}}
+
+BLOCK_MODEL = """
+import runpy, sys
+class NoModelCode:
+    def find_spec(self, name, path=None, target=None):
+        if name == "model" or name.startswith("model."):
+            raise ImportError("infer.py imported the model code: " + name)
+sys.meta_path.insert(0, NoModelCode())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def train_a_few_steps(net, steps=6):
+    """SGD on 32 digits, the training loop's clamp after each step; BatchNorm statistics move
+    off their initial values (a trained network's)."""
+    train, _, _ = load_digits(image_size=SIZE)
+    x = (train.images[:32].astype(np.float32) / 255 - 0.5) / 0.5
+    x, y = mge.tensor(x.transpose(0, 3, 1, 2)), mge.tensor(train.labels[:32])
+    opt = optim.SGD(net.parameters(), lr=0.02, momentum=0.9)
+    gm = GradManager().attach(net.parameters())
+    net.train()
+    for _ in range(steps):
+        with gm:
+            gm.backward(F.loss.cross_entropy(net(x), y))
+        opt.step()
+        opt.clear_grad()
+        for m in net.modules():
+            if hasattr(m, "after_optimizer_step"):
+                m.after_optimizer_step()
+    net.eval()
+    return net
+
+
+@pytest.fixture(scope="module", params=["BinaryResNet18-bmxnet", "searched"])
+def exported(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bnn")
+    arch = SEARCHED if request.param == "searched" else request.param
+    mge.random.seed(1)
+    net = train_a_few_steps(build_model(arch, CLASSES))
+    spec = preprocess.small_spec(SIZE)
+    ckpt = folder / "net.pkl"
+    save_checkpoint(checkpoint_dict(numpy_state_dict(net), arch, "train", classes=NAMES,
+                                    preprocess=spec.to_dict()), ckpt)
+    out = folder / "net.bnn"
+    proc = run_tool("tools/export.py", "--load", ckpt, "--output", out, "--batch", 2,
+                    "--threads", 2, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "packed binary model vs eager deploy" in proc.stdout, proc.stdout
+    assert "packed binary layers" in proc.stdout
+    _, val, _ = load_digits(image_size=SIZE)
+    images = []
+    for i in range(4):
+        images.append(folder / ("digit%d.png" % i))
+        Image.fromarray(val.images[i]).save(images[-1])
+    return {"name": request.param, "folder": folder, "ckpt": ckpt, "bnn": out, "net": net,
+            "spec": spec, "images": images}
+
+
+def test_the_file_records_what_the_other_formats_record(exported):
+    loaded = br.BinaryModel(exported["bnn"], threads=1)
+    meta = loaded.metadata
+    assert meta["classes"] == NAMES and meta["input_shape"] == [2, 3, SIZE, SIZE]
+    assert preprocess.PreprocessSpec.from_dict(meta["preprocess"]) == exported["spec"]
+    assert meta["binary_layers"] == loaded.binary_layers > 0
+    assert loaded.input_shape == (2, 3, SIZE, SIZE) and loaded.num_classes == CLASSES
+
+
+def test_infer_prints_the_emulations_top5_without_model_code(exported):
+    images = exported["images"]
+    proc = run_tool("-c", BLOCK_MODEL, "tools/infer.py", exported["bnn"], *images,
+                    "--threads", 2, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    x = np.stack([preprocess.preprocess_image(p, exported["spec"]) for p in images])
+    logits = exported["net"](mge.tensor(x)).numpy().astype(np.float64)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    lines = proc.stdout.strip().split("\n")
+    assert len(lines) == 6 * len(images), proc.stdout
+    for i, path in enumerate(images):
+        assert lines[6 * i] == str(path)
+        rows = [re.match(r"\s+(\d)\. digit(\d)\s+([\d.]+)%$", line)
+                for line in lines[6 * i + 1:6 * i + 6]]
+        assert all(rows), lines
+        printed = [(int(m.group(2)), float(m.group(3))) for m in rows]
+        assert_top_k(printed, probs[i], atol=0.006)
+        assert printed[0][0] == probs[i].argmax()
+
+
+def once(exported):
+    """Tests of the command lines themselves run on one of the two networks."""
+    if exported["name"] != "BinaryResNet18-bmxnet":
+        pytest.skip("the command-line behaviour is tested on the other network")
+
+
+def test_infer_benchmark_runs_the_packed_model(exported):
+    once(exported)
+    proc = run_tool("tools/infer.py", exported["bnn"], "--benchmark", "--runs", 2, "--warmup",
+                    1, "--threads", 1, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert re.match(r"[\d.]+ img/s$", proc.stdout.strip().split("\n")[-1])
+
+
+def test_a_failed_check_leaves_no_file(exported, tmp_path, monkeypatch):
+    """A packed model that computes something else (here: every binary conv's scale zeroed)
+    fails the check inside tools/export.py, and nothing is written."""
+    once(exported)
+    real = br.RUN["bconv"]
+
+    def zero_scale(op, arrays, x):
+        return real(dict(op, scale=op["shift"]), arrays, x)  # the shift is 0: outputs 0
+
+    monkeypatch.setitem(br.RUN, "bconv", zero_scale)
+    out = tmp_path / "wrong.bnn"
+    proc = call_tool("tools/export.py", "--load", exported["ckpt"], "--output", out,
+                     "--threads", 2)
+    assert proc.returncode == 2
+    assert "does not match the eager model" in one_line_error(proc)
+    assert os.listdir(tmp_path) == []
+
+
+def test_cli_errors_are_one_line(exported, tmp_path):
+    once(exported)
+    (tmp_path / "bad.bnn").write_bytes(b"not a model")
+    cases = [
+        (("tools/export.py", "--arch", "RepVGG-A0", "--random-init", "--num-classes", 10,
+          "--size", 32, "--output", tmp_path / "o.bnn"), "has no binary layer"),
+        (("tools/export.py", "--load", exported["ckpt"], "--output", tmp_path / "o.mge",
+          "--format", "bnn"), "--format bnn but the output is named"),
+        (("tools/infer.py", tmp_path / "bad.bnn", exported["images"][0]),
+         "not a valid packed binary model"),
+        (("tools/infer.py", exported["bnn"], exported["images"][0], "--precision", "bf16"),
+         "runs a .onnx"),
+    ]
+    for args, message in cases:
+        proc = run_tool(*args, timeout=300)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert message in one_line_error(proc), args
+    assert sorted(os.listdir(tmp_path)) == ["bad.bnn"]
