@@ -60,7 +60,7 @@ make_venv() {
 
 case "${1:-main}" in
     main)
-        CHECK='import megengine, numpy, PIL, tqdm, pytest, pytest_timeout, openvino; assert numpy.__version__ < "2"'
+        CHECK='import megengine, numpy, PIL, tqdm, pytest, pytest_timeout, openvino, numba; assert numpy.__version__ < "2"'
         make_venv .venv 3.10 "${PYTHON310:-}" "$(cat requirements.txt)" -r requirements.txt
         ;;
     torch)
