@@ -17,13 +17,12 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common.timing import interleaved_medians  # noqa: E402
+from common.timing import add_run_args, time_run  # noqa: E402
 
 
 def prepare(args):
@@ -64,15 +63,12 @@ def prepare(args):
 def run(args):
     from deploy.runtime import open_model
 
-    x = np.load(args.input)
-    start = time.perf_counter()
     lite = {"weight_preprocess": True} if args.weight_preprocess else {}
-    model = open_model(args.model, threads=args.threads, precision=args.precision, **lite)
-    load = time.perf_counter() - start
-    np.save(args.logits, np.asarray(model(x), np.float32))
-    first = time.perf_counter() - start - load
-    seconds = interleaved_medians({"run": lambda: model(x)}, args.warmup, args.runs)["run"]
-    return {"seconds": seconds, "load_s": load, "first_s": first}
+
+    def opened(x):
+        model = open_model(args.model, threads=args.threads, precision=args.precision, **lite)
+        return lambda: model(x)
+    return time_run(args, opened)
 
 
 def parse_args(argv):
@@ -88,11 +84,7 @@ def parse_args(argv):
     pr.add_argument("--int8", action="store_true", help="also a static int8 QDQ .onnx")
     r = sub.add_parser("run")
     r.add_argument("--model", required=True)
-    r.add_argument("--input", required=True)
-    r.add_argument("--logits", required=True)
-    r.add_argument("--threads", type=int, required=True)
-    r.add_argument("--warmup", type=int, default=2)
-    r.add_argument("--runs", type=int, default=5)
+    add_run_args(r)
     r.add_argument("--weight-preprocess", action="store_true")
     r.add_argument("--precision", default="fp32")
     return p.parse_args(argv)

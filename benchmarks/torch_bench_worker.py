@@ -19,14 +19,11 @@ import argparse
 import json
 import os
 import sys
-import time
-
-import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from common.timing import interleaved_medians  # noqa: E402
+from common.timing import add_run_args, time_run  # noqa: E402
 
 TORCH_MODES = ("eager", "channels_last", "script", "compile")
 MODES = TORCH_MODES + ("onnxruntime", "openvino", "openvino-default")
@@ -121,20 +118,14 @@ def _openvino(onnx_file, x, threads, precision="f32"):
 
 
 def run_mode(args):
-    x = np.load(args.input)
-    start = time.perf_counter()
-    if args.mode in TORCH_MODES:
-        fn = _torch_form(args.mode, args.arch, args.weights, x, args.threads)
-    elif args.mode == "onnxruntime":
-        fn = _onnxruntime(args.onnx, x, args.threads)
-    else:
-        fn = _openvino(args.onnx, x, args.threads,
-                       None if args.mode == "openvino-default" else "f32")
-    load = time.perf_counter() - start
-    np.save(args.logits, np.asarray(fn(), np.float32))  # the first call compiles / profiles
-    first = time.perf_counter() - start - load
-    seconds = interleaved_medians({"run": fn}, args.warmup, args.runs)["run"]
-    return {"seconds": seconds, "load_s": load, "first_s": first}
+    def opened(x):
+        if args.mode in TORCH_MODES:
+            return _torch_form(args.mode, args.arch, args.weights, x, args.threads)
+        if args.mode == "onnxruntime":
+            return _onnxruntime(args.onnx, x, args.threads)
+        return _openvino(args.onnx, x, args.threads,
+                         None if args.mode == "openvino-default" else "f32")
+    return time_run(args, opened)
 
 
 def parse_args(argv):
@@ -149,11 +140,7 @@ def parse_args(argv):
     r.add_argument("--arch", required=True)
     r.add_argument("--weights")
     r.add_argument("--onnx")
-    r.add_argument("--input", required=True)
-    r.add_argument("--logits", required=True)
-    r.add_argument("--threads", type=int, required=True)
-    r.add_argument("--warmup", type=int, default=2)
-    r.add_argument("--runs", type=int, default=5)
+    add_run_args(r)
     return p.parse_args(argv)
 
 
