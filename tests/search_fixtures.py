@@ -16,6 +16,26 @@ def tiny_lut(space):
     return measure_table(space, batch=1, warmup=0, runs=1)
 
 
+def fit_fixed_batch(net, x, y, steps, lr=0.05):
+    """The losses of ``steps`` SGD steps (momentum 0.9) of ``net`` on the one batch ``(x, y)``:
+    a network that builds and learns fits it, so the loss falls."""
+    import megengine.functional as F
+    import megengine.optimizer as optim
+    from megengine.autodiff import GradManager
+
+    gm = GradManager().attach(net.parameters())
+    opt = optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    losses = []
+    for _ in range(steps):
+        with gm:
+            loss = F.loss.cross_entropy(net(x), y)
+            gm.backward(loss)
+        opt.step()
+        opt.clear_grad()
+        losses.append(float(loss.numpy()))
+    return losses
+
+
 def tiny_data(image_size=8, n_train=64, n_val=32):
     train, val, _ = load_digits(image_size=image_size)
     return (ArraySplit(train.images[:n_train], train.labels[:n_train]),

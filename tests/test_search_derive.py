@@ -5,9 +5,6 @@ import numpy as np
 import pytest
 
 import megengine as mge
-import megengine.functional as F
-import megengine.optimizer as optim
-from megengine.autodiff import GradManager
 
 from model.opcount import count_params
 from model.parity import check_parity, randomize_batchnorm, sample_inputs
@@ -16,7 +13,7 @@ from model.derived import ArchError, build_from_arch, build_from_arch_file
 from search.derive import arch_from_choices, choose
 from search.space import make_space
 from tests.helpers import one_line_error, run_tool
-from tests.search_fixtures import tiny_data
+from tests.search_fixtures import fit_fixed_batch, tiny_data
 
 CANDS = ("ir_k3_e1", "ir_k3_s2", "skip", "repvgg", "ir_k5_e6")
 
@@ -89,16 +86,7 @@ def test_derived_network_trains(tmp_path):
     train, _ = tiny_data(n_train=32)
     x = mge.tensor(((train.images.astype(np.float32) / 255 - 0.5) / 0.5).transpose(0, 3, 1, 2))
     y = mge.tensor(train.labels)
-    gm = GradManager().attach(net.parameters())
-    opt = optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    losses = []
-    for _ in range(15):
-        with gm:
-            loss = F.loss.cross_entropy(net(x), y)
-            gm.backward(loss)
-        opt.step()
-        opt.clear_grad()
-        losses.append(float(loss.numpy()))
+    losses = fit_fixed_batch(net, x, y, 15)
     # fits a fixed batch: the loss falls
     assert np.isfinite(losses).all() and losses[-1] < 0.9 * losses[0], losses
 

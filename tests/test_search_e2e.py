@@ -11,15 +11,12 @@ import numpy as np
 import pytest
 
 import megengine as mge
-import megengine.functional as F
-import megengine.optimizer as optim
-from megengine.autodiff import GradManager
 
 from errors import UserError
 from model.derived import build_from_arch_file
 from search.trainer import normalize
 from tests.helpers import ROOT, run_tool
-from tests.search_fixtures import tiny_data
+from tests.search_fixtures import fit_fixed_batch, tiny_data
 
 CANDIDATES = "ir_k3_e1,skip,repvgg"
 
@@ -60,16 +57,7 @@ def test_found_arch_builds_and_trains_without_train_py(run_dir):
     net = build_from_arch_file(str(run_dir / "arch.json"))
     train, _ = tiny_data(image_size=16, n_train=32)
     x, y = mge.tensor(normalize(train.images)), mge.tensor(train.labels)
-    gm = GradManager().attach(net.parameters())
-    opt = optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    losses = []
-    for _ in range(8):
-        with gm:
-            loss = F.loss.cross_entropy(net(x), y)
-            gm.backward(loss)
-        opt.step()
-        opt.clear_grad()
-        losses.append(float(loss.numpy()))
+    losses = fit_fixed_batch(net, x, y, 8)
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
 
 

@@ -4,8 +4,6 @@ import numpy as np
 import pytest
 
 import megengine as mge
-import megengine.functional as F
-import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 
 from model.opcount import count_ops
@@ -14,7 +12,7 @@ from search.space import get_space, make_space
 from search.tas import TASConfig, TASSearch
 from search.tas_net import (TASNet, arch_from_widths, channel_interp,
                             expected_flops, flop_loss, get_flop, select2, width_choices)
-from tests.search_fixtures import tiny_data
+from tests.search_fixtures import fit_fixed_batch, tiny_data
 
 
 def tas_space(image_size=8):
@@ -134,14 +132,5 @@ def test_search_steps_then_pruned_network_builds_and_trains(rng):
     x = mge.tensor(((train.images[:16].astype(np.float32) / 255 - 0.5) / 0.5)
                    .transpose(0, 3, 1, 2))
     y = mge.tensor(train.labels[:16])
-    gm = GradManager().attach(net.parameters())
-    opt = optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    losses = []
-    for _ in range(10):
-        with gm:
-            loss = F.loss.cross_entropy(net(x), y)
-            gm.backward(loss)
-        opt.step()
-        opt.clear_grad()
-        losses.append(float(loss.numpy()))
+    losses = fit_fixed_batch(net, x, y, 10)
     assert losses[-1] < 0.9 * losses[0], losses  # fits a fixed batch
