@@ -130,6 +130,27 @@ class OnnxModel:
 PRECISIONS = ("fp32", "bf16")
 
 
+@contextlib.contextmanager
+def _stderr_quiet_if_megengine():
+    """Importing OpenVINO looks for CUDA's driver functions; in a process that has loaded
+    MegEngine (tools/eval.py), MegEngine's own CUDA stubs answer and print a six-line "Failed
+    to load CUDA driver library" banner. An import error still reaches the caller."""
+    import sys
+
+    if "megengine" not in sys.modules:
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class OpenVinoBf16Model:
     """A ``.onnx`` file run by OpenVINO (CPU) in bfloat16: the reduced-precision route, opt-in
     (``tools/infer.py --precision bf16``) and only on a CPU with bf16 instructions
@@ -139,8 +160,9 @@ class OpenVinoBf16Model:
 
     def __init__(self, path, threads=None):
         import onnx
-        import openvino as ov
 
+        with _stderr_quiet_if_megengine():
+            import openvino as ov
         if not os.path.isfile(path):
             raise ModelFileError("model file not found: %s" % path)
         if not cpus.has_bf16():
