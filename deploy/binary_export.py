@@ -26,7 +26,8 @@ MaxPool2d, GlobalAvgPool  ``maxpool``, ``gap``; Linear: ``linear``
 
 A BatchNorm (or ReLU) whose input is a conv's output used nowhere else is folded into that
 conv's per-channel ``scale``/``shift`` (a binary conv's output is ``count·α``, so the fold is
-``count·(α·s) + b``). A module type not listed is refused with one line naming it
+``count·(α·s) + b``); a shortcut added to a binary conv's output becomes the conv's second input
+(added in the kernel, before its ReLU). A module type not listed is refused with one line naming it
 (``BinaryExportError``); a model without a single binary conv (binary weights *and*
 activations) is refused before anything is written (``NotBinaryError``).
 
@@ -65,6 +66,7 @@ class Program:
     def __init__(self):
         self.ops, self.arrays, self._values = [], {}, 0
         self.binary_layers, self.binary_weights = 0, {"packed": 0, "float32": 0}
+        self.convs = []  # (BinaryConv2d, its bconv op unfolded, the op's arrays)
 
     def array(self, a, dtype=None):
         name = "a%d" % len(self.arrays)
@@ -148,11 +150,14 @@ def binary_conv(p, m, x, shift=False):
     p.binary_layers += 1
     p.binary_weights["packed"] += bits.nbytes + (0 if weight_mode == "sign" else scale.nbytes)
     p.binary_weights["float32"] += latent.size * 4
-    return p.op("bconv", [x], bits=p.array(bits), neg=p.array(bitops.negatives_per_tap(signs)),
-                scale=p.array(scale),
-                shift=p.array(np.zeros(g * og, np.float32) if bias is None else bias),
-                channels=int(g * cg), stride=_pair(m.stride), padding=_pair(m.padding),
-                dilation=_pair(m.dilation), offset=offset, pad_mode=int(pad_mode), relu=False)
+    out = p.op("bconv", [x], bits=p.array(bits), neg=p.array(bitops.negatives_per_tap(signs)),
+               scale=p.array(scale),
+               shift=p.array(np.zeros(g * og, np.float32) if bias is None else bias),
+               channels=int(g * cg), stride=_pair(m.stride), padding=_pair(m.padding),
+               dilation=_pair(m.dilation), offset=offset, pad_mode=int(pad_mode), relu=False)
+    op = dict(p.ops[-1], inputs=[0])  # as emitted, before any folding: count * α + bias
+    p.convs.append((m, op, {op[k]: p.arrays[op[k]] for k in ("bits", "neg", "scale", "shift")}))
+    return out
 
 
 def _binarized_weight(m):
@@ -317,9 +322,25 @@ def check_binary(model):
                              % type(model).__name__)
 
 
+def _fold_residual(ops, i, producer, uses):
+    """``add(bconv(x), r)`` -> ``bconv(x, r)`` (the kernel adds ``r`` before its ReLU), the
+    bconv moved to the add's place, where ``r`` exists."""
+    add = ops[i]
+    for conv_v, res_v in (add["inputs"], add["inputs"][::-1]):
+        src = producer.get(conv_v)
+        if (src is not None and src["op"] == "bconv" and len(src["inputs"]) == 1
+                and not src["relu"] and uses[conv_v] == 1 and conv_v != res_v):
+            src["inputs"].append(res_v)
+            src["out"] = add["out"]
+            ops[i] = src
+            ops.remove(src)  # the first occurrence: its old place, before the add
+            return True
+    return False
+
+
 def _fold(p):
     """Fold an ``affine`` (and then a ``relu``) into the conv before it when that conv's output
-    is used nowhere else."""
+    is used nowhere else, and an ``add`` of such a binary conv's output into the conv."""
     ops = p.ops
     changed = True
     while changed:
@@ -330,6 +351,9 @@ def _fold(p):
                 uses[v] = uses.get(v, 0) + 1
         producer = {op["out"]: op for op in ops}
         for i, op in enumerate(ops):
+            if op["op"] == "add" and _fold_residual(ops, i, producer, uses):
+                changed = True
+                break
             if op["op"] not in ("affine", "relu"):
                 continue
             src = producer.get(op["inputs"][0])
@@ -337,7 +361,7 @@ def _fold(p):
                     or uses[op["inputs"][0]] != 1:
                 continue
             if op["op"] == "affine":
-                if src["op"] == "affine":
+                if src["op"] == "affine" or len(src["inputs"]) > 1:  # not through a residual
                     continue
                 s, b = p.arrays[op["scale"]], p.arrays[op["shift"]]
                 src["scale"] = p.array(p.arrays[src["scale"]] * s)
@@ -372,3 +396,45 @@ def build_program(model, require_binary=True):
     p.num_classes = (int(p.arrays[last[0]["weight"]].shape[1])
                      if last and last[0]["op"] == "linear" else None)
     return p
+
+
+def check_layers(model, program, x):
+    """Run every packed binary conv of ``program`` on the input its ``BinaryConv2d`` received
+    in the eager ``model`` on ``x`` (NCHW), and compare with that conv's output: the counts must
+    be the emulation's exactly (``out == float32(count)·α + bias`` bitwise, ``count`` the integer
+    the emulation computed), whatever the float rounding before them. Returns ``(convs checked,
+    max relative difference, [problem, ...])``."""
+    import megengine as mge
+
+    from .binary_runtime import RUN
+
+    captured, handles = {}, []
+    for m, _, _ in program.convs:
+        def hook(module, inputs, output, key=id(m)):
+            captured[key] = (inputs[0].numpy(), output.numpy())
+        handles.append(m.register_forward_hook(hook))
+    try:
+        model(mge.tensor(x))
+    finally:
+        for h in handles:
+            h.remove()
+    worst, problems = 0.0, []
+    for i, (m, op, arrays) in enumerate(program.convs):
+        x_in, ref = captured[id(m)]
+        out = RUN["bconv"](op, arrays, np.ascontiguousarray(x_in.transpose(0, 2, 3, 1)))
+        out = out.transpose(0, 3, 1, 2)
+        alpha = arrays[op["scale"]].reshape(1, -1, 1, 1)
+        bias = arrays[op["shift"]].reshape(1, -1, 1, 1)
+        counts = np.rint((ref - bias) / np.where(alpha == 0, 1, alpha))
+        counts[np.broadcast_to(alpha == 0, counts.shape)] = 0
+        expected = counts.astype(np.float32) * alpha + bias
+        worst = max(worst, float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-30)))
+        off = np.abs(ref - expected) > 1e-3 * np.abs(alpha) + 1e-6 * np.abs(bias)
+        if out.shape != ref.shape or off.any():
+            problems.append("binary conv %d (%s): the emulation's output is no integer count "
+                            "times its scale" % (i, type(m).__name__))
+        elif not np.array_equal(out, expected):
+            diff = np.abs(np.rint((out - bias) / np.where(alpha == 0, 1, alpha)) - counts)
+            problems.append("binary conv %d: %d of %d counts differ (by up to %d)"
+                            % (i, int((diff > 0).sum()), diff.size, int(diff.max())))
+    return len(program.convs), worst, problems

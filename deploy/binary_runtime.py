@@ -12,7 +12,7 @@ unpickled): ``header``, the UTF-8 JSON text below as a uint8 array, and the arra
 Value 0 is the input batch (NCHW in, NHWC inside); each op writes the value ``out``; ``output``
 is the logits. Ops (attributes in ``OPS``): ``conv`` (float conv, one matmul per group, optional
 sign of the input, pad value, shifted grid), ``bconv`` (``deploy/bitops.py``: XNOR-popcount over
-packed words, ``count·scale + shift``), ``affine`` (per channel), ``relu``, ``add``, ``concat``
+packed words, ``count·scale + shift``, plus its second input when it has one: a shortcut), ``affine`` (per channel), ``relu``, ``add``, ``concat``
 (channels), ``avgpool2`` (2x2 stride 2, ceil mode by edge replication), ``maxpool``,
 ``subsample`` (every s-th pixel, zero channels appended), ``gap``, ``linear``.
 
@@ -48,7 +48,8 @@ OPS = {
     "subsample": {"stride": "int", "extra": "int"},
     "linear": {"weight": "f32:2", "bias": "f32:1"},
 }
-ARITY = {"add": 2, "concat": None}  # None: two or more; every other op takes one input
+# inputs (fewest, most; None: any number); every other op takes one
+ARITY = {"add": (2, 2), "concat": (2, None), "bconv": (1, 2)}
 _DTYPES = {"f32": np.float32, "u64": np.uint64, "i64": np.int64}
 
 
@@ -108,10 +109,15 @@ def _out_len(size, kernel, stride, dilation):
 
 
 def op_conv(op, a, x):
+    from . import bitops
+
     w = a[op["weight"]]
     groups, (kh, kw) = op["groups"], op["kernel"]
     n, h, wd, c = x.shape
     _need(groups >= 1 and c % groups == 0, "conv: %d channels in %d groups", c, groups)
+    _need(min(op["kernel"]) >= 1 and min(op["stride"]) >= 1 and min(op["dilation"]) >= 1
+          and min(op["padding"]) >= 0 and op["offset"] in (0, 1),
+          "conv: bad kernel/stride/padding/dilation/offset")
     cg = c // groups
     _need(w.shape[:2] == (groups, kh * kw * cg), "conv: weight %s for %d channels, %dx%d",
           w.shape, c, kh, kw)
@@ -120,26 +126,23 @@ def op_conv(op, a, x):
     if op["binarize"]:
         x = np.where(x >= 0, np.float32(1), np.float32(-1))
     x = _shifted_pad(x, op["padding"], op["offset"], op["pad_value"])
-    oh = _out_len(x.shape[1], kh, op["stride"][0], op["dilation"][0])
-    ow = _out_len(x.shape[2], kw, op["stride"][1], op["dilation"][1])
-    outs = []
-    for g in range(groups):
-        xg = x[..., g * cg:(g + 1) * cg] if groups > 1 else x
-        taps = list(_windows(xg, (kh, kw), op["stride"], op["dilation"], oh, ow))
-        cols = taps[0] if len(taps) == 1 else np.concatenate(taps, axis=-1)
-        outs.append(cols.reshape(n * oh * ow, -1) @ w[g])
-    y = outs[0] if groups == 1 else np.concatenate(outs, axis=-1)
-    y = y.reshape(n, oh, ow, channels) * a[op["scale"]] + a[op["shift"]]
-    return np.maximum(y, 0, out=y) if op["relu"] else y
+    _out_len(x.shape[1], kh, op["stride"][0], op["dilation"][0])
+    _out_len(x.shape[2], kw, op["stride"][1], op["dilation"][1])
+    weight = op.get("_kernel_weight")
+    if weight is None:  # (groups, kh·kw·C/g, O/g) -> the kernel's (groups, kh, kw, C/g, O/g)
+        weight = np.ascontiguousarray(w.reshape(groups, kh, kw, cg, w.shape[2]))
+        op["_kernel_weight"] = weight
+    return bitops.float_conv(x, weight, a[op["scale"]], a[op["shift"]], tuple(op["stride"]),
+                             tuple(op["dilation"]), op["relu"])
 
 
-def op_bconv(op, a, x):
+def op_bconv(op, a, x, residual=None):
     from . import bitops
 
     bits, neg = a[op["bits"]], a[op["neg"]]
     groups, kh, kw, words, og = bits.shape
     c = op["channels"]
-    _need(x.shape[-1] == c and groups >= 1 and c % groups == 0,
+    _need(x.shape[-1] == c and groups >= 1 and c % groups == 0 and og >= 1 and c >= 1,
           "bconv: input of %d channels for %d in %d groups", x.shape[-1], c, groups)
     _need(words == bitops.words_for(c // groups), "bconv: %d words for %d channels per group",
           words, c // groups)
@@ -157,15 +160,17 @@ def op_bconv(op, a, x):
     packed = bitops.pack_signs(x, groups)
     return bitops.binary_conv(packed, bits, neg, a[op["scale"]], a[op["shift"]], c // groups,
                               tuple(op["stride"]), tuple(op["padding"]),
-                              tuple(op["dilation"]), op["offset"], op["pad_mode"], op["relu"])
+                              tuple(op["dilation"]), op["offset"], op["pad_mode"], op["relu"],
+                              residual)
 
 
 def op_affine(op, a, x):
     scale, shift = a[op["scale"]], a[op["shift"]]
     _need(scale.shape == shift.shape == (x.shape[-1],), "affine: %s for %d channels",
           scale.shape, x.shape[-1])
-    y = x * scale + shift
-    return np.maximum(y, 0, out=y) if op["relu"] else y
+    from . import bitops
+
+    return bitops.affine(x, scale, shift, op["relu"])
 
 
 def op_relu(op, a, x):
@@ -173,8 +178,10 @@ def op_relu(op, a, x):
 
 
 def op_add(op, a, x, y):
+    from . import bitops
+
     _need(x.shape == y.shape, "add: shapes %s and %s", x.shape, y.shape)
-    return x + y
+    return bitops.add(x, y)
 
 
 def op_concat(op, a, *xs):
@@ -277,6 +284,8 @@ def _check_header(header, arrays):
     shape = header.get("input_shape")
     _need(isinstance(shape, list) and len(shape) == 4
           and all(isinstance(d, int) and d >= 1 for d in shape), "input shape %r", shape)
+    _need(header.get("metadata") is None or isinstance(header["metadata"], str),
+          "metadata that is not JSON text")
     ops = header.get("ops")
     _need(isinstance(ops, list) and ops, "no ops")
     defined = {0}
@@ -287,9 +296,9 @@ def _check_header(header, arrays):
         _need(isinstance(inputs, list) and all(isinstance(v, int) and v in defined
                                                for v in inputs),
               "op %r reads an undefined value", op["op"])
-        arity = ARITY.get(op["op"], 1)
-        _need(len(inputs) >= 2 if arity is None else len(inputs) == arity,
-              "op %r takes %s inputs, got %d", op["op"], arity or "2+", len(inputs))
+        low, high = ARITY.get(op["op"], (1, 1))
+        _need(low <= len(inputs) <= (high or len(inputs)), "op %r takes %d to %s inputs, got %d",
+              op["op"], low, high or "any", len(inputs))
         _need(isinstance(out, int) and out not in defined, "op %r: bad output value %r",
               op["op"], out)
         defined.add(out)
@@ -306,15 +315,14 @@ class BinaryModel:
     def __init__(self, path, threads=None):
         from common.cpus import cpu_count
 
-        from . import bitops
         from .runtime import decode_metadata
 
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise ModelFileError("model file not found: %s" % path)
         try:
-            with np.load(path, allow_pickle=False) as archive:
-                arrays = {k: archive[k] for k in archive.files}
+            with np.load(path, allow_pickle=False) as archive:  # C order for the kernels
+                arrays = {k: np.ascontiguousarray(archive[k]) for k in archive.files}
             header = json.loads(bytes(arrays.pop(HEADER)).decode("utf-8"))
             _check_header(header, arrays)
         except (_Bad, KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile,
@@ -329,13 +337,14 @@ class BinaryModel:
         self.notes = []
         self.binary_layers = sum(op["op"] == "bconv" for op in self.ops)
         self._free = last_uses(self.ops)
-        bitops.set_threads(threads or cpu_count())
+        _set_threads(threads or cpu_count())
         try:  # every shape checked once, at the file's own input size
             out = self._run(np.zeros((1,) + self.input_shape[1:], np.float32))
             _need(out.ndim == 2, "the output has shape %s, not (N, classes)", out.shape)
             _need(self.num_classes in (None, out.shape[1]), "%r classes recorded, %d computed",
                   self.num_classes, out.shape[1])
-        except (_Bad, ValueError, IndexError, TypeError) as e:
+        except (_Bad, ValueError, IndexError, TypeError, ZeroDivisionError, OverflowError,
+                MemoryError) as e:
             raise ModelFileError("%s is not a valid packed binary model (%s)"
                                  % (path, _one_line(e))) from None
         self.num_classes = out.shape[1]
@@ -347,6 +356,19 @@ class BinaryModel:
         from .runtime import _checked_batch
 
         return self._run(_checked_batch(batch, self.input_shape))
+
+
+def _set_threads(threads):
+    """The kernels' threads, and the BLAS pool's (the float convs' matmuls) where threadpoolctl
+    (a scikit-learn dependency) is installed; else BLAS keeps its own count."""
+    from . import bitops
+
+    bitops.set_threads(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(1, user_api="blas")
 
 
 def _one_line(e):

@@ -11,8 +11,8 @@ For a pixel word ``x`` and a weight word ``w`` the dot product of the ±1 vector
 ``popcount(x ^ w)`` over the taps and words of each output (LLVM's ``ctpop``: the POPCNT
 instruction, AVX-512 VPOPCNTQ where the CPU has it, a vector nibble lookup on AVX2; numba
 compiles for the host CPU, nothing assumes AVX-512), then writes
-``(bits - 2*count) * scale[o] + shift[o]`` (ReLU optional): the weight scale (``α``), bias and
-a following BatchNorm folded into ``scale``/``shift``.
+``(bits - 2*count) * scale[o] + shift[o] [+ residual]`` (ReLU optional): the weight scale
+(``α``), bias and a following BatchNorm folded into ``scale``/``shift``, a shortcut added.
 
 Padding follows ``BinaryConvConfig.pad_value`` exactly: ``PAD_ZERO`` (0) skips a padded tap,
 which then counts for nothing (neither +1 nor -1); ``PAD_MINUS`` (-1) and ``PAD_PLUS`` (+1) count
@@ -107,8 +107,8 @@ def out_size(size, kernel, stride, padding, dilation, offset=0):
 
 
 @njit(parallel=True, cache=True)
-def _binary_conv(xp, wbits, wneg, scale, shift, out, stride_h, stride_w, pad_h, pad_w,
-                 dil_h, dil_w, offset, pad_mode, per_group, relu):
+def _binary_conv(xp, wbits, wneg, scale, shift, res, out, stride_h, stride_w, pad_h, pad_w,
+                 dil_h, dil_w, offset, pad_mode, per_group, relu, has_res):
     n_batch, in_h, in_w, groups, words = xp.shape
     _, k_h, k_w, _, og = wbits.shape
     _, out_h, out_w, _ = out.shape
@@ -146,25 +146,129 @@ def _binary_conv(xp, wbits, wneg, scale, shift, out, stride_h, stride_w, pad_h, 
                 for o in range(og):
                     c = g * og + o
                     v = np.float32(bits - 2 * np.int64(acc[o])) * scale[c] + shift[c]
+                    if has_res:
+                        v += res[n, oh, ow, c]
                     if relu and v < 0:
                         v = np.float32(0)
                     out[n, oh, ow, c] = v
 
 
 def binary_conv(packed, wbits, wneg, scale, shift, per_group, stride=(1, 1), padding=(0, 0),
-                dilation=(1, 1), offset=0, pad_mode=PAD_ZERO, relu=False, in_hw=None):
+                dilation=(1, 1), offset=0, pad_mode=PAD_ZERO, relu=False, residual=None):
     """The binary conv of packed NHWC activations (``pack_signs``) with packed weights
-    (``pack_weight``): NHWC float32 ``(count * scale + shift)`` per output channel."""
+    (``pack_weight``): NHWC float32 ``count * scale + shift [+ residual]`` per output channel,
+    ReLU optional."""
     n, h, w, groups, words = packed.shape
     _, kh, kw, _, og = wbits.shape
     oh = out_size(h, kh, stride[0], padding[0], dilation[0], offset)
     ow = out_size(w, kw, stride[1], padding[1], dilation[1], offset)
     out = np.empty((n, oh, ow, groups * og), np.float32)
-    _binary_conv(packed, wbits, wneg, scale, shift, out, stride[0], stride[1], padding[0],
-                 padding[1], dilation[0], dilation[1], offset, pad_mode, per_group, relu)
+    if residual is not None and residual.shape != out.shape:
+        raise ValueError("residual of shape %s for an output of shape %s"
+                         % (residual.shape, out.shape))
+    res = (np.ascontiguousarray(residual, np.float32) if residual is not None
+           else np.zeros((1, 1, 1, 1), np.float32))
+    _binary_conv(packed, wbits, wneg, scale, shift, res, out, stride[0], stride[1], padding[0],
+                 padding[1], dilation[0], dilation[1], offset, pad_mode, per_group, bool(relu),
+                 residual is not None)
     return out
 
 
 def set_threads(threads):
     """Threads the kernels use: ``threads`` capped at numba's pool size (the CPU count)."""
     numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+
+
+# -- the float parts around the binary convs --------------------------------------------------
+@njit(parallel=True, cache=True)
+def _float_conv(xp, w, scale, shift, out, stride_h, stride_w, dil_h, dil_w, relu):
+    # xp: padded NHWC input; w: (groups, kh, kw, C/g, O/g); 4 output columns share each weight
+    # load (the innermost loop, over output channels, is vectorized)
+    n_batch = xp.shape[0]
+    groups, k_h, k_w, cg, og = w.shape
+    _, out_h, out_w, _ = out.shape
+    accs = np.empty((n_batch * out_h, 4, og), np.float32)
+    for row in prange(n_batch * out_h):
+        n = row // out_h
+        oh = row - n * out_h
+        acc = accs[row]
+        for g in range(groups):
+            for ow0 in range(0, out_w, 4):
+                block = min(4, out_w - ow0)
+                acc[:, :] = 0
+                for kh in range(k_h):
+                    ih = oh * stride_h + kh * dil_h
+                    for kw in range(k_w):
+                        iw = ow0 * stride_w + kw * dil_w
+                        for c in range(cg):
+                            ci = g * cg + c
+                            if block == 4:
+                                x0 = xp[n, ih, iw, ci]
+                                x1 = xp[n, ih, iw + stride_w, ci]
+                                x2 = xp[n, ih, iw + 2 * stride_w, ci]
+                                x3 = xp[n, ih, iw + 3 * stride_w, ci]
+                                for o in range(og):
+                                    wv = w[g, kh, kw, c, o]
+                                    acc[0, o] += x0 * wv
+                                    acc[1, o] += x1 * wv
+                                    acc[2, o] += x2 * wv
+                                    acc[3, o] += x3 * wv
+                            else:
+                                for b in range(block):
+                                    xb = xp[n, ih, iw + b * stride_w, ci]
+                                    for o in range(og):
+                                        acc[b, o] += xb * w[g, kh, kw, c, o]
+                for b in range(block):
+                    for o in range(og):
+                        c = g * og + o
+                        v = acc[b, o] * scale[c] + shift[c]
+                        if relu and v < 0:
+                            v = np.float32(0)
+                        out[n, oh, ow0 + b, c] = v
+
+
+def float_conv(xp, w, scale, shift, stride=(1, 1), dilation=(1, 1), relu=False):
+    """A float conv of the already padded NHWC ``xp`` with ``w`` ``(groups, kh, kw, C/g, O/g)``:
+    NHWC ``conv * scale + shift`` (ReLU optional), parallel over output rows."""
+    n, h, wd, c = xp.shape
+    groups, kh, kw, cg, og = w.shape
+    if groups * cg != c:
+        raise ValueError("a conv for %d input channels got %d" % (groups * cg, c))
+    oh = (h - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (wd - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    if oh < 1 or ow < 1:
+        raise ValueError("a %dx%d input is too small for a %dx%d kernel" % (h, wd, kh, kw))
+    out = np.empty((n, oh, ow, groups * og), np.float32)
+    _float_conv(np.ascontiguousarray(xp, np.float32), w, scale, shift, out, stride[0],
+                stride[1], dilation[0], dilation[1], bool(relu))
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _affine(x, scale, shift, relu, out):
+    for p in prange(x.shape[0]):
+        for c in range(x.shape[1]):
+            v = x[p, c] * scale[c] + shift[c]
+            out[p, c] = np.float32(0) if relu and v < 0 else v
+
+
+def affine(x, scale, shift, relu=False):
+    """``x * scale + shift`` per channel (the last axis), ReLU optional; parallel."""
+    flat = np.ascontiguousarray(x, np.float32).reshape(-1, x.shape[-1])
+    out = np.empty_like(flat)
+    _affine(flat, scale, shift, bool(relu), out)
+    return out.reshape(x.shape)
+
+
+@njit(parallel=True, cache=True)
+def _add(a, b, out):
+    for i in prange(a.shape[0]):
+        out[i] = a[i] + b[i]
+
+
+def add(a, b):
+    """``a + b`` of two float32 arrays of one shape; parallel."""
+    a = np.ascontiguousarray(a, np.float32)
+    out = np.empty_like(a)
+    _add(a.reshape(-1), np.ascontiguousarray(b, np.float32).reshape(-1), out.reshape(-1))
+    return out

@@ -5,6 +5,7 @@ and both pad values, borders included; every primitive and both binary ResNet-18
 float rounding; the .bnn file refuses anything it cannot trust, in one line."""
 import io
 import json
+import os
 import zipfile
 
 import numpy as np
@@ -24,6 +25,7 @@ from model.binary.primitives import PRIMITIVE_NAMES, build_primitive
 from model.binary.ste import binarize_weight
 from model.derived import build_from_arch
 from model.parity import compare, randomize_batchnorm, sample_inputs
+from helpers import run_tool
 
 C_IN, C_OUT = 136, 24  # 136 = 2 words + 8 bits: a partial last word (68 and 34 per group too)
 
@@ -199,6 +201,14 @@ def test_binary_resnet18_logits_match(name, rng, tmp_path):
     parity = compare(name, ref, out, 1e-5)
     assert parity.ok, parity
     assert np.abs(out[1:] - out[:1]).max() > 1e-2 * np.abs(ref).max()  # input-dependent
+    # the export's exact check: each packed conv on the emulation's own input counts what the
+    # emulation counts; one flipped weight bit in one filter is found
+    count, worst, problems = be.check_layers(net, program, x)
+    assert count == program.binary_layers and problems == [] and worst < 1e-5
+    _, op, arrays = program.convs[-1]
+    arrays[op["bits"]][0, 1, 1, 0, 3] ^= np.uint64(1 << 5)
+    _, _, problems = be.check_layers(net, program, x)
+    assert len(problems) == 1 and "counts differ (by up to 2)" in problems[0], problems
 
 
 def test_a_model_without_binary_layers_is_refused():
@@ -323,3 +333,47 @@ def test_weights_pack_to_words_as_documented():
     x[..., [1, 64]] = -1.0
     x[..., 2] = -0.0  # -0.0 >= 0: +1
     assert bitops.pack_signs(x).reshape(-1).tolist() == [2, 1]
+
+
+AVX2_CHILD = """
+import json, numpy as np
+from deploy import bitops
+rng = np.random.default_rng(3)
+x = rng.standard_normal((2, 9, 7, 136)).astype(np.float32)
+signs = rng.random((2, 12, 68, 3, 3)) < 0.5
+out = [bitops.binary_conv(bitops.pack_signs(x, 2), bitops.pack_weight(signs),
+                          bitops.negatives_per_tap(signs), np.ones(24, np.float32),
+                          np.zeros(24, np.float32), 68, (s, s), (1, 1), (1, 1), off, pad).tolist()
+       for s, off in ((1, 0), (2, 1)) for pad in (0, -1)]
+print(json.dumps(out))
+"""
+
+
+def test_the_kernels_compiled_for_an_avx2_only_cpu_give_the_same_counts(tmp_path):
+    """numba compiles for the CPU it runs on; here for Haswell (AVX2, no AVX-512: LLVM's
+    vector popcount by nibble lookup instead of VPOPCNTQ), in a fresh cache, run on this CPU."""
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES="",
+               NUMBA_CACHE_DIR=str(tmp_path))
+    proc = run_tool("-c", AVX2_CHILD, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 9, 7, 136)).astype(np.float32)
+    signs = rng.random((2, 12, 68, 3, 3)) < 0.5
+    xs, ws = np.where(x >= 0, 1.0, -1.0), np.where(signs, -1.0, 1.0)
+    expected = []
+    for s, off in ((1, 0), (2, 1)):
+        for pad in (0, -1):  # a NumPy reference: pad, shift, correlate per group
+            xp = np.pad(xs, ((0, 0), (1, 1 + off * (9 % 2)), (1, 1 + off * (7 % 2)), (0, 0)),
+                        constant_values=pad)[:, off:, off:]
+            oh, ow = (xp.shape[1] - 3) // s + 1, (xp.shape[2] - 3) // s + 1
+            ref = np.zeros((2, oh, ow, 24))
+            for i in range(oh):
+                for j in range(ow):
+                    patch = xp[:, i * s:i * s + 3, j * s:j * s + 3]
+                    for g in range(2):
+                        ref[:, i, j, 12 * g:12 * g + 12] = np.einsum(
+                            "nhwc,ochw->no", patch[..., 68 * g:68 * g + 68], ws[g])
+            expected.append(ref)
+    got = json.loads(proc.stdout)
+    for e, g in zip(expected, got):
+        np.testing.assert_array_equal(np.array(g), e)
