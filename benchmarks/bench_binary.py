@@ -29,7 +29,7 @@ deadline (common.children), which loads its file, runs --warmup untimed passes a
 ones and reports the median. Rounds are interleaved (each round runs every path once, the order
 rotated by one per round); reported: the median over rounds, in ms per batch and images/s.
 Before any timing, each path's logits on one input are compared: packed against the eager
-emulation (as tools/export.py checks a .bnn: within 0.1 of the largest logit and the same top-1,
+emulation (as tools/export.py checks a .bnn: within 0.2 of the largest logit and the same top-1,
 bar near-ties; reported: the largest difference and how many images are off by more than 1e-4,
 i.e. met an activation at a tie that the two paths' float rounding binarized differently), and
 the .mge emulation against the eager one (the same rule: MegEngine's two paths of the one
@@ -67,7 +67,7 @@ PATHS = {
 }
 # as tools/export.py checks a .bnn's logits (deploy.export.BNN_TOLERANCE: a sign flip at a tie
 # moves them by a few 1e-2; the exact per-conv check is tools/export.py's, printed below)
-PACKED_TOLERANCE = 0.1
+PACKED_TOLERANCE = 0.2
 TIGHT = 1e-4              # a sample within this is free of flips
 # the emulation's two MegEngine paths (eager, .mge under Lite) round differently too, and so
 # meet the same flips (7e-3 seen at 224x224, batch 16)

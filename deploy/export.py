@@ -25,11 +25,12 @@ FORMATS = ("mge", "onnx", "bnn")
 # .bnn (deploy/binary_runtime.py) is checked twice. Every binary conv, run on the input the
 # eager emulation gave it, must reproduce the emulation's integer counts exactly (tolerance 0:
 # binary_export.check_layers). The logits, which go through the float parts too, are held to
-# 0.1 of the largest one and the same top-1 (bar near-ties): they are usually within 1e-6, but an
+# 0.2 of the largest one and the same top-1 (bar near-ties): they are usually within 1e-6, but an
 # activation at a tie (exactly 0, or within float32 rounding of it: about one 224x224 image in
-# eight) binarizes by whichever rounding computed it, and one such flip moved a ResNet-18's
-# logits by 2e-2-4e-2 (docs/binary-inference.md). A wrong scale or pad rule fails the first check.
-BNN_TOLERANCE = 0.1
+# ten) binarizes by whichever rounding computed it, and such a flip moved a ResNet-18's logits
+# by up to 5e-2, between MegEngine's own eager and .mge runs of the emulation as well
+# (docs/binary-inference.md). A wrong scale, pad rule or weight bit fails the first check.
+BNN_TOLERANCE = 0.2
 
 
 class ExportCheckError(UserError):
