@@ -22,12 +22,15 @@ once on zeros at its input size (every shape is checked before a kernel touches 
 imports ``model`` or MegEngine.
 """
 import json
+import logging
 import os
 import zipfile
 
 import numpy as np
 
 from errors import ModelFileError
+
+log = logging.getLogger(__name__)
 
 BINARY_FORMAT = "repvgg-binary-model/1"
 SUFFIX = ".bnn"
@@ -242,10 +245,11 @@ def last_uses(ops):
     return [sorted({v for v in op["inputs"] if last[v] == i}) for i, op in enumerate(ops)]
 
 
-def execute(ops, arrays, output, x, free=None):
+def execute(ops, arrays, output, x, free=None, values=None):
     """Run ``ops`` on the NCHW batch ``x``: the value ``output`` (NHWC, or (N, C) after
-    ``gap``)."""
-    values = {0: np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 2, 3, 1))}
+    ``gap``). ``values``: values already computed (then ``x`` is not read)."""
+    if values is None:
+        values = {0: np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 2, 3, 1))}
     for op, done in zip(ops, free or last_uses(ops)):
         y = RUN[op["op"]](op, arrays, *[values[v] for v in op["inputs"]])
         for v in done:
@@ -349,14 +353,118 @@ class BinaryModel:
             raise ModelFileError("%s is not a valid packed binary model (%s)"
                                  % (path, _one_line(e))) from None
         self.num_classes = out.shape[1]
+        self._prefix = _float_prefix(self.ops, self.arrays, self.output, threads or cpu_count(),
+                                     self._run, self.input_shape)
+
+    _prefix = None
 
     def _run(self, x):
-        return execute(self.ops, self.arrays, self.output, x, self._free)
+        if self._prefix is None:
+            return execute(self.ops, self.arrays, self.output, x, self._free)
+        session, count, end, needs_input = self._prefix
+        x = np.ascontiguousarray(x, np.float32)
+        y = session.run(None, {"x": x})[0]
+        values = {end: np.ascontiguousarray(y.transpose(0, 2, 3, 1))}
+        if needs_input:
+            values[0] = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        return execute(self.ops[count:], self.arrays, self.output, None,
+                       self._free[count:], values)
 
     def __call__(self, batch):
         from .runtime import _checked_batch
 
         return self._run(_checked_batch(batch, self.input_shape))
+
+
+def _float_prefix(ops, arrays, output, threads, run, input_shape):
+    """The float layers the network starts with (its stem: convs with zero padding, BatchNorm,
+    ReLU, max pooling) as one ONNX Runtime session on the NCHW input, whose float convs are
+    several times faster than ours: ``(session, ops replaced, value computed, whether a later op
+    reads the input)``, or None (no such stem, no ONNX Runtime, or it does not compute what the
+    numba ops compute on a test input)."""
+    uses = {}
+    for op in ops:
+        for v in op["inputs"]:
+            uses[v] = uses.get(v, 0) + 1
+    chain, v = [], 0
+    for op in ops:
+        plain = op["op"] != "conv" or (op["pad_value"] == 0 and not op["binarize"]
+                                       and not op["offset"])
+        if op["inputs"] != [v] or op["op"] not in ("conv", "affine", "relu", "maxpool") \
+                or not plain or op["out"] == output:
+            break
+        chain.append(op)
+        v = op["out"]
+        if uses.get(v) != 1:
+            break
+    if not any(op["op"] == "conv" for op in chain):
+        return None
+    try:
+        session = _onnx_session(chain, arrays, threads)
+        x = np.random.default_rng(0).standard_normal((1,) + tuple(input_shape[1:]))
+        x = x.astype(np.float32)
+        expected = execute(chain, arrays, chain[-1]["out"], x)
+        got = session.run(None, {"x": x})[0].transpose(0, 2, 3, 1)
+    except Exception as e:  # noqa: BLE001  (an accelerator only: any failure keeps ours)
+        log.debug("float stem left to the numba kernels: %s", e)
+        return None
+    if got.shape != expected.shape or \
+            np.abs(got - expected).max() > 1e-4 * max(np.abs(expected).max(), 1e-30):
+        return None
+    needs_input = any(0 in op["inputs"] for op in ops[len(chain):])
+    return session, len(chain), chain[-1]["out"], needs_input
+
+
+def _onnx_session(chain, arrays, threads):
+    """One ONNX Runtime session computing ``chain`` (NCHW in and out)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits = [], []
+
+    def const(array):
+        name = "c%d" % len(inits)
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(array, np.float32), name))
+        return name
+
+    def node(kind, inputs, **attrs):
+        out = "v%d" % len(nodes)
+        nodes.append(helper.make_node(kind, inputs, [out], **attrs))
+        return out
+
+    v = "x"
+    for op in chain:
+        if op["op"] == "conv":
+            g, (kh, kw) = op["groups"], op["kernel"]
+            w = arrays[op["weight"]]
+            cg, og = w.shape[1] // (kh * kw), w.shape[2]
+            w = w.reshape(g, kh, kw, cg, og).transpose(0, 4, 3, 1, 2).reshape(g * og, cg, kh, kw)
+            w = w * arrays[op["scale"]].reshape(-1, 1, 1, 1)
+            v = node("Conv", [v, const(w), const(arrays[op["shift"]])], kernel_shape=[kh, kw],
+                     strides=op["stride"], pads=op["padding"] * 2, dilations=op["dilation"],
+                     group=g)
+        elif op["op"] == "affine":
+            v = node("Add", [node("Mul", [v, const(arrays[op["scale"]].reshape(1, -1, 1, 1))]),
+                             const(arrays[op["shift"]].reshape(1, -1, 1, 1))])
+        elif op["op"] == "maxpool":
+            v = node("MaxPool", [v], kernel_shape=op["kernel"], strides=op["stride"],
+                     pads=op["padding"] * 2)
+        if op["op"] == "relu" or op.get("relu"):
+            v = node("Relu", [v])
+    nodes.append(helper.make_node("Identity", [v], ["y"]))
+    graph = helper.make_graph(
+        nodes, "stem", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    # its threads must not spin on after the stem, on the cores the binary kernels then use
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
 
 
 def _keep_freed_memory():

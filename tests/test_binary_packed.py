@@ -200,6 +200,10 @@ def test_binary_resnet18_logits_match(name, rng, tmp_path):
     out = loaded(x)
     parity = compare(name, ref, out, 1e-5)
     assert parity.ok, parity
+    # the float stem runs as one ONNX Runtime session; the numba ops compute the same
+    assert loaded._prefix is not None and loaded._prefix[1] >= 2
+    ours = br.execute(program.ops, program.arrays, program.output, x)
+    assert compare(name + " numba stem", ref, ours, 1e-5).ok
     assert np.abs(out[1:] - out[:1]).max() > 1e-2 * np.abs(ref).max()  # input-dependent
     # the export's exact check: each packed conv on the emulation's own input counts what the
     # emulation counts; one flipped weight bit in one filter is found
