@@ -2,19 +2,21 @@
 shapes, side by side, each path alone in a fresh process.
 
     python benchmarks/bench_binary.py                       # 224x224 ResNet-18s, batch 1 and 16
-    python benchmarks/bench_binary.py --quick               # a minute: 64x64, batch 1, one round
+    python benchmarks/bench_binary.py --quick               # 2 minutes: 64x64, batch 1, one round
 
 Networks (random weights; BatchNorm statistics measured on generated images and perturbed,
 ``model.parity.randomize_batchnorm``, as a trained network's are: an untrained BN leaves
 activations at exact ties that only rounding binarizes):
 
-- ``BinaryResNet18-awnas`` and ``BinaryResNet18-bmxnet`` (README "Binary ResNet-18") at --size;
+- ``BinaryResNet18-awnas`` and ``BinaryResNet18-bmxnet`` (docs/binary.md, "Binary ResNet-18") at
+  --size;
 - ``searched``: an architecture file of the ``binary_resnet18`` search space (CIFAR-sized,
   32x32; ``search.derive.arch_from_choices``) mixing the primitives xnor_resnet_block,
   bireal_resnet_block, xnor_conv_3x3_cond_skip, xnor_vgg_block and xnor_skip_connect.
 
 Paths: ``packed``: the .bnn that tools/export.py writes, opened as tools/infer.py opens it
-(XNOR-popcount kernels of deploy/bitops.py); ``emulation``: the same checkpoint in MegEngine,
+(XNOR-popcount kernels of deploy/bitops.py; the float stem as one ONNX Runtime session, the rest
+numba, deploy/binary_runtime.py); ``emulation``: the same checkpoint in MegEngine,
 eager (model/binary: binarize, then a float conv); ``emulation-mge``: the emulation traced and
 dumped to .mge (tools/export.py --no-algo-cache) under MegEngine Lite; ``float-onnx``: the float
 twin under ONNX Runtime: the same network with every binary 3x3 conv replaced by a float 3x3

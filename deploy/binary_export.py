@@ -100,7 +100,7 @@ def _grouped(weight, groups):
 
 def _float_conv(p, x, weight, bias, conv, groups, pad_value=0.0, binarize=False, offset=0):
     """A float conv op: ``weight`` ``(groups, O/g, C/g, kh, kw)`` stored as
-    ``(groups, kh·kw·C/g, O/g)`` for one matmul per group."""
+    ``(groups, kh·kw·C/g, O/g)`` (rows in (kh, kw, C/g) order)."""
     g, og, cg, kh, kw = weight.shape
     w = np.ascontiguousarray(weight.transpose(0, 3, 4, 2, 1).reshape(g, kh * kw * cg, og),
                              np.float32)

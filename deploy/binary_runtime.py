@@ -10,16 +10,18 @@ unpickled): ``header``, the UTF-8 JSON text below as a uint8 array, and the arra
      "ops": [{"op": "conv", "inputs": [0], "out": 1, "weight": "a0", ...}, ...]}
 
 Value 0 is the input batch (NCHW in, NHWC inside); each op writes the value ``out``; ``output``
-is the logits. Ops (attributes in ``OPS``): ``conv`` (float conv, one matmul per group, optional
-sign of the input, pad value, shifted grid), ``bconv`` (``deploy/bitops.py``: XNOR-popcount over
-packed words, ``count·scale + shift``, plus its second input when it has one: a shortcut), ``affine`` (per channel), ``relu``, ``add``, ``concat``
-(channels), ``avgpool2`` (2x2 stride 2, ceil mode by edge replication), ``maxpool``,
-``subsample`` (every s-th pixel, zero channels appended), ``gap``, ``linear``.
+is the logits. Ops (attributes in ``OPS``): ``conv`` (float conv, groups, optional sign of the
+input, pad value, shifted grid), ``bconv`` (``deploy/bitops.py``: XNOR-popcount over packed
+words, ``count·scale + shift``, plus its second input when it has one: a shortcut), ``affine``
+(per channel), ``relu``, ``add``, ``concat`` (channels), ``avgpool2`` (2x2 stride 2, ceil mode
+by edge replication), ``maxpool``, ``subsample`` (every s-th pixel, zero channels appended),
+``gap``, ``linear``.
 
 A file that is not such an archive, names an unknown op, lacks an array, or whose shapes do not
 fit together is one ``ModelFileError`` line: the header is checked op by op, then the model runs
 once on zeros at its input size (every shape is checked before a kernel touches memory). Never
-imports ``model`` or MegEngine.
+imports ``model`` or MegEngine. The float stem may run as one ONNX Runtime session
+(``_float_prefix``), checked against the numba ops when the file is opened.
 """
 import json
 import logging
