@@ -180,3 +180,18 @@ def test_cli_errors_are_one_line(exported, tmp_path):
         assert proc.returncode == 2, (args, proc.stderr)
         assert message in one_line_error(proc), args
     assert sorted(os.listdir(tmp_path)) == ["bad.bnn"]
+
+
+def test_the_benchmark_runs_and_compares_first():
+    """benchmarks/bench_binary.py, a smoke run: the packed model and its emulation, each in a
+    process of its own, logits compared before any timing (not its speed)."""
+    proc = run_tool("benchmarks/bench_binary.py", "--quick", "--models", "searched", "--paths",
+                    "packed", "emulation", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "CPU: " in out and "31.6x smaller" in out, out
+    assert "check 11 binary convs, exact counts" in out
+    assert re.search(r"packed vs eager emulation: max relative difference [\d.e-]+, top-1 "
+                     r"agreement 100%", out), out
+    assert re.search(r"\| packed \.bnn, XNOR-popcount \(ours\) \| 1 \| [\d.]+ \|", out), out
+    assert re.search(r"\| float emulation, MegEngine eager \| 1 \| .* \| [\d.]+ \|$", out, re.M)
