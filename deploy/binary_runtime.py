@@ -321,7 +321,7 @@ class BinaryModel:
     def __init__(self, path, threads=None):
         from common.cpus import cpu_count
 
-        from .runtime import decode_metadata
+        from .modelfile import decode_metadata
 
         path = os.fspath(path)
         if not os.path.isfile(path):
@@ -373,7 +373,7 @@ class BinaryModel:
                        self._free[count:], values)
 
     def __call__(self, batch):
-        from .runtime import _checked_batch
+        from .modelfile import checked_batch as _checked_batch
 
         return self._run(_checked_batch(batch, self.input_shape))
 

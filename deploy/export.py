@@ -17,7 +17,7 @@ import numpy as np
 from common.atomic import atomic_path
 from errors import UserError
 
-from . import dump, preprocess, runtime
+from . import dump, modelfile, preprocess, runtime
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def write_mge(source, x, path, options=dump.DEFAULT_OPTIONS, threads=None, algo_
     notes, cache = [], None
 
     def write():
-        dump.write_graph(graph, path, graph_options, runtime.encode_metadata(metadata))
+        dump.write_graph(graph, path, graph_options, modelfile.encode_metadata(metadata))
 
     write()
     if layout != dump.PORTABLE_LAYOUT:
@@ -203,7 +203,7 @@ def write_onnx(source, x, path):
 
     with open(path, "wb") as f:
         export_onnx(source.deploy, f, x.shape, dict(source.metadata(x.shape),
-                                                    format=runtime.METADATA_FORMAT))
+                                                    format=modelfile.METADATA_FORMAT))
 
 
 def write_bnn(source, x, path, program=None):
@@ -213,7 +213,7 @@ def write_bnn(source, x, path, program=None):
 
     program = program or binary_export.build_program(source.deploy)
     metadata = dict(source.metadata(x.shape), binary_layers=program.binary_layers)
-    binary_runtime.write(path, program, runtime.encode_metadata(metadata), x.shape)
+    binary_runtime.write(path, program, modelfile.encode_metadata(metadata), x.shape)
     return program
 
 

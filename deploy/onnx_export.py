@@ -33,7 +33,7 @@ import numpy as np
 from errors import UserError
 
 from .dump import INPUT_NAME, OUTPUT_NAME
-from .runtime import METADATA_KEY  # noqa: F401  (metadata_props key holding the JSON metadata)
+from .modelfile import METADATA_KEY  # noqa: F401  (metadata_props key holding the JSON metadata)
 
 OPSET = 17
 

@@ -19,7 +19,6 @@ run on this CPU is one ``ModelFileError`` line, never a hang. Never imports ``mo
 """
 import base64
 import contextlib
-import json
 import logging
 import os
 import tempfile
@@ -30,36 +29,14 @@ from errors import ModelFileError
 
 from . import lite, lite_child
 from .dump import PORTABLE_LAYOUT
+from .modelfile import METADATA_FORMAT, METADATA_KEY, checked_batch, decode_metadata
 from .preprocess import PreprocessSpec, imagenet_spec
 
 log = logging.getLogger(__name__)
 
-METADATA_KEY = "repvgg_megengine"  # the ONNX metadata_props key holding the JSON metadata
-# /2: the .mge graph is portable, its tuning is recorded with the CPU it is valid for;
-# /1: written before that (the graph itself may hold a CPU-specific layout)
-METADATA_FORMAT = "repvgg-megengine-model/2"
-LEGACY_FORMATS = ("repvgg-megengine-model/1",)
 # running a .mge of unknown portability once in a child: start-up + loading and one pass,
 # which grow with the weights (A0: 33 MB, B3: 490 MB)
 PROBE_DEADLINE_S = (30.0, 0.1)  # seconds, seconds per MB of file
-
-
-def encode_metadata(metadata):
-    """The JSON text stored in a model file (``format`` added)."""
-    return json.dumps(dict(metadata, format=METADATA_FORMAT), sort_keys=True)
-
-
-def decode_metadata(text, path):
-    if text is None:
-        return {}
-    try:
-        metadata = json.loads(text)
-    except ValueError:
-        raise ModelFileError("%s carries metadata that is not JSON" % path) from None
-    if not isinstance(metadata, dict) or metadata.get("format") not in (METADATA_FORMAT,
-                                                                         *LEGACY_FORMATS):
-        return {}  # written by something else: ignored, as if absent
-    return metadata
 
 
 def tuned_for_this_cpu(metadata):
@@ -76,16 +53,6 @@ def spec_of(model):
     spec = imagenet_spec(model.input_shape[-1])
     return spec, ("the model records no preprocessing; using ImageNet's (resize %d, crop %d)"
                   % (spec.resize, spec.size))
-
-
-def _checked_batch(batch, input_shape):
-    import numpy as np
-
-    batch = np.ascontiguousarray(batch, dtype=np.float32)
-    if batch.ndim != 4 or batch.shape[1:] != tuple(input_shape[1:]):
-        raise ValueError("input of shape %s does not fit the model's (N, %d, %d, %d)"
-                         % ((batch.shape,) + tuple(input_shape[1:])))
-    return batch
 
 
 class OnnxModel:
@@ -120,7 +87,7 @@ class OnnxModel:
         self.metadata = decode_metadata(props.get(METADATA_KEY), path)
 
     def __call__(self, batch):
-        batch = _checked_batch(batch, self.input_shape)
+        batch = checked_batch(batch, self.input_shape)
         out = self.session.run([self._output], {self._input: batch})[0]
         if self.num_classes is None:
             self.num_classes = out.shape[-1]
@@ -187,7 +154,7 @@ class OpenVinoBf16Model:
         self._request = compiled.create_infer_request()
 
     def __call__(self, batch):
-        batch = _checked_batch(batch, self.input_shape)
+        batch = checked_batch(batch, self.input_shape)
         self._request.infer({0: batch})
         return self._request.get_output_tensor(0).data.copy()
 

@@ -45,7 +45,7 @@ def write_int8_mge(int8_net, path, x, options=INT8_DUMP_OPTIONS, threads=None, m
     import megengine as mge
 
     from common.atomic import atomic_path
-    from deploy.runtime import encode_metadata
+    from deploy.modelfile import encode_metadata
 
     expected = int8_net(mge.tensor(x)).numpy()
     step = output_step(int8_net)

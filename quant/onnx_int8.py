@@ -43,7 +43,8 @@ def write_int8_onnx(deploy_model, path, calib_batches, check_batch, metadata=Non
 
     from common.atomic import atomic_path
     from deploy.onnx_export import METADATA_KEY, to_onnx
-    from deploy.runtime import OnnxModel, encode_metadata
+    from deploy.modelfile import encode_metadata
+    from deploy.runtime import OnnxModel
     from model.parity import DEFAULT_TOLERANCE
 
     reader_class = type("Reader", (_Reader, CalibrationDataReader), {})

@@ -209,9 +209,9 @@ def test_skip_connect_primitives():
     assert len(modules_of(conv, BinaryConv2d)) == 2  # factorized reduction
 
 
-def test_readme_primitive_table_is_current():
+def test_the_docs_primitive_table_is_current():
     import os
-    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "README.md")
-    with open(readme, encoding="utf-8") as f:
+    page = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "docs", "binary.md")
+    with open(page, encoding="utf-8") as f:
         assert primitives.primitive_table() in f.read()

@@ -69,10 +69,30 @@ def train_a_few_steps(net, steps=6):
     return net
 
 
+_EXPORTS = {}
+
+
+def export_trained(name, tmp_path_factory):
+    """A network trained a few steps and exported to .bnn, once per module run."""
+    if name not in _EXPORTS:
+        _EXPORTS[name] = _export_trained(name, tmp_path_factory)
+    return _EXPORTS[name]
+
+
 @pytest.fixture(scope="module", params=["BinaryResNet18-bmxnet", "searched"])
 def exported(request, tmp_path_factory):
+    return export_trained(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def bmxnet(tmp_path_factory):
+    """The network the command-line behaviour is tested on."""
+    return export_trained("BinaryResNet18-bmxnet", tmp_path_factory)
+
+
+def _export_trained(name, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bnn")
-    arch = SEARCHED if request.param == "searched" else request.param
+    arch = SEARCHED if name == "searched" else name
     mge.random.seed(1)
     net = train_a_few_steps(build_model(arch, CLASSES))
     spec = preprocess.small_spec(SIZE)
@@ -91,7 +111,7 @@ def exported(request, tmp_path_factory):
     for i in range(4):
         images.append(folder / ("digit%d.png" % i))
         Image.fromarray(val.images[i]).save(images[-1])
-    return {"name": request.param, "folder": folder, "ckpt": ckpt, "bnn": out, "net": net,
+    return {"name": name, "folder": folder, "ckpt": ckpt, "bnn": out, "net": net,
             "spec": spec, "images": images}
 
 
@@ -125,25 +145,17 @@ def test_infer_prints_the_emulations_top5_without_model_code(exported):
         assert printed[0][0] == probs[i].argmax()
 
 
-def once(exported):
-    """Tests of the command lines themselves run on one of the two networks."""
-    if exported["name"] != "BinaryResNet18-bmxnet":
-        pytest.skip("the command-line behaviour is tested on the other network")
-
-
-def test_infer_benchmark_runs_the_packed_model(exported):
-    once(exported)
-    proc = run_tool("tools/infer.py", exported["bnn"], "--benchmark", "--runs", 2, "--warmup",
+def test_infer_benchmark_runs_the_packed_model(bmxnet):
+    proc = run_tool("tools/infer.py", bmxnet["bnn"], "--benchmark", "--runs", 2, "--warmup",
                     1, "--threads", 1, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert re.match(r"[\d.]+ img/s$", proc.stdout.strip().split("\n")[-1])
 
 
-def test_a_failed_check_leaves_no_file(exported, tmp_path, monkeypatch):
+def test_a_failed_check_leaves_no_file(bmxnet, tmp_path, monkeypatch):
     """A packed model that counts differently from the emulation (here: one weight bit of the
     first binary conv flipped, a change the logits may hardly show) fails the exact per-conv
     check inside tools/export.py, and nothing is written."""
-    once(exported)
     real, calls = bitops.pack_weight, []
 
     def one_bit_off(signs):
@@ -155,24 +167,23 @@ def test_a_failed_check_leaves_no_file(exported, tmp_path, monkeypatch):
 
     monkeypatch.setattr(bitops, "pack_weight", one_bit_off)
     out = tmp_path / "wrong.bnn"
-    proc = call_tool("tools/export.py", "--load", exported["ckpt"], "--output", out,
+    proc = call_tool("tools/export.py", "--load", bmxnet["ckpt"], "--output", out,
                      "--threads", 2)
     assert proc.returncode == 2
     assert "do not count what the emulation counts: binary conv 0: " in one_line_error(proc)
     assert os.listdir(tmp_path) == []
 
 
-def test_cli_errors_are_one_line(exported, tmp_path):
-    once(exported)
+def test_cli_errors_are_one_line(bmxnet, tmp_path):
     (tmp_path / "bad.bnn").write_bytes(b"not a model")
     cases = [
         (("tools/export.py", "--arch", "RepVGG-A0", "--random-init", "--num-classes", 10,
           "--size", 32, "--output", tmp_path / "o.bnn"), "has no binary layer"),
-        (("tools/export.py", "--load", exported["ckpt"], "--output", tmp_path / "o.mge",
+        (("tools/export.py", "--load", bmxnet["ckpt"], "--output", tmp_path / "o.mge",
           "--format", "bnn"), "--format bnn but the output is named"),
-        (("tools/infer.py", tmp_path / "bad.bnn", exported["images"][0]),
+        (("tools/infer.py", tmp_path / "bad.bnn", bmxnet["images"][0]),
          "not a valid packed binary model"),
-        (("tools/infer.py", exported["bnn"], exported["images"][0], "--precision", "bf16"),
+        (("tools/infer.py", bmxnet["bnn"], bmxnet["images"][0], "--precision", "bf16"),
          "runs a .onnx"),
     ]
     for args, message in cases:  # in this process: the messages, without start-up costs

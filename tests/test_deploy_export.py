@@ -11,7 +11,7 @@ from PIL import Image
 import megengine as mge
 
 import model
-from deploy import dump, lite, lite_child, preprocess, runtime
+from deploy import dump, lite, lite_child, modelfile, preprocess
 from deploy import export as ex
 from common.checkpoint import save_checkpoint
 from model.checkpoint import checkpoint_dict, numpy_state_dict
@@ -251,7 +251,7 @@ def test_the_shipped_algorithm_cache_is_what_infer_needs(exported, tmp_path):
     import json
 
     info = json.loads(lite.read_user_info(str(exported["mge"])))
-    assert info["format"] == runtime.METADATA_FORMAT
+    assert info["format"] == modelfile.METADATA_FORMAT
     assert info["input_shape"] == [BATCH, 3, SIZE, SIZE]
     shipped = base64.b64decode(info["algo_cache"])
     assert len(shipped) > 100  # not the 4-byte empty cache

@@ -12,7 +12,7 @@ import pytest
 import megengine as mge
 
 import model
-from deploy import runtime
+from deploy import modelfile, runtime
 from deploy.onnx_export import OnnxExportError, export_onnx, to_onnx
 from model.checkpoint import build_model
 from model.parity import DEFAULT_TOLERANCE, randomize_batchnorm, sample_inputs
@@ -80,13 +80,13 @@ def test_grouped_conv_is_exported_with_groups():
 
 def test_metadata_and_file(tmp_path):
     deploy = model.convert_to_deploy(NETWORKS["searched"]())
-    meta = runtime.encode_metadata({"classes": ["a", "b"], "arch": "tiny"})
+    meta = modelfile.encode_metadata({"classes": ["a", "b"], "arch": "tiny"})
     path = tmp_path / "m.onnx"
     export_onnx(deploy, str(path), (1, 3, SIZE, SIZE), json.loads(meta))
     loaded = onnx.load(str(path))
     onnx.checker.check_model(loaded)
     props = {p.key: p.value for p in loaded.metadata_props}
-    assert json.loads(props[runtime.METADATA_KEY])["classes"] == ["a", "b"]
+    assert json.loads(props[modelfile.METADATA_KEY])["classes"] == ["a", "b"]
     opened = runtime.open_model(path, threads=1)
     assert opened.metadata["arch"] == "tiny" and opened.input_shape == (1, 3, SIZE, SIZE)
 
@@ -107,7 +107,7 @@ def test_infer_refuses_a_model_whose_input_differs_from_its_preprocessing(tmp_pa
 
     deploy = model.convert_to_deploy(NETWORKS["searched"]())
     path = tmp_path / "m.onnx"
-    export_onnx(deploy, str(path), (1, 3, SIZE, SIZE), json.loads(runtime.encode_metadata(
+    export_onnx(deploy, str(path), (1, 3, SIZE, SIZE), json.loads(modelfile.encode_metadata(
         {"preprocess": small_spec(16).to_dict()})))
     Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
     proc = run_tool("tools/infer.py", path, tmp_path / "a.png")

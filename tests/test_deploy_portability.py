@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from deploy import dump, lite, runtime
+from deploy import dump, lite, modelfile
 from helpers import ROOT, one_line_error, processes_mentioning, run_tool
 
 ARCH = ('{"stem": {"channels": 8, "stride": 2}, "layers": [{"op": "repvgg", "C_in": 8, '
@@ -166,7 +166,7 @@ def legacy_copy(src, dst):
     info = metadata_of(src)
     for key in ("graph_options", "layout", "cpu", "cpu_fingerprint"):
         info.pop(key, None)
-    info["format"] = runtime.LEGACY_FORMATS[0]
+    info["format"] = modelfile.LEGACY_FORMATS[0]
     Network.load(str(src)).dump(str(dst), user_info=json.dumps(info, sort_keys=True),
                                 optimize_for_inference=False)
 
@@ -176,7 +176,7 @@ def test_a_file_from_an_earlier_version_is_probed_first(tmp_path):
     assert proc.returncode == 0, proc.stderr
     legacy = tmp_path / "old.mge"
     legacy_copy(tmp_path / "m.mge", legacy)
-    assert metadata_of(legacy)["format"] == runtime.LEGACY_FORMATS[0]
+    assert metadata_of(legacy)["format"] == modelfile.LEGACY_FORMATS[0]
     ok = infer(legacy, "--benchmark", "--runs", 1)
     assert ok.returncode == 0, ok.stderr
     assert "earlier version" in ok.stderr
