@@ -40,6 +40,7 @@ import numpy as np
 from errors import UserError
 
 from . import bitops
+from .emitters import emitter_for
 
 FLOAT_WEIGHT_MODES = ("fp",)
 
@@ -283,7 +284,7 @@ def _emit_derived(p, m, x):
     return _emit(p, m.linear, _emit(p, m.gap, x))
 
 
-# Class name -> emitter; a module's class and its base classes are looked up in MRO order.
+# Class name -> emitter (looked up through the class and its bases: deploy/emitters.py).
 EMITTERS = {
     "BinaryResNet18": _emit_binary_resnet18, "DerivedNet": _emit_derived,
     "BinaryConv2d": _emit_binary_conv, "BinaryConvBNReLU": _emit_conv_bn_relu,
@@ -298,10 +299,9 @@ EMITTERS = {
 
 
 def _emit(p, module, x):
-    for cls in type(module).__mro__:
-        emitter = EMITTERS.get(cls.__name__)
-        if emitter is not None:
-            return emitter(p, module, x)
+    emitter = emitter_for(EMITTERS, module)
+    if emitter is not None:
+        return emitter(p, module, x)
     raise BinaryExportError("cannot export a module of type %s as a packed binary model "
                             "(supported: %s)" % (type(module).__name__,
                                                  ", ".join(sorted(EMITTERS))))

@@ -33,6 +33,7 @@ import numpy as np
 from errors import UserError
 
 from .dump import INPUT_NAME, OUTPUT_NAME
+from .emitters import emitter_for
 from .modelfile import METADATA_KEY  # noqa: F401  (metadata_props key holding the JSON metadata)
 
 OPSET = 17
@@ -220,7 +221,7 @@ def _emit_derived(g, m, x):
     return _emit(g, m.linear, _emit(g, m.gap, x))
 
 
-# Class name -> emitter; a module's class and its base classes are looked up in MRO order.
+# Class name -> emitter (looked up through the class and its bases: deploy/emitters.py).
 EMITTERS = {
     "RepVGG": _emit_repvgg, "RepVGGplus": _emit_repvggplus,
     "RepVGGplusStage": _emit_repvggplus_stage, "RepVGGBlock": _emit_repvgg_block,
@@ -232,10 +233,9 @@ EMITTERS = {
 
 
 def _emit(g, module, x):
-    for cls in type(module).__mro__:
-        emitter = EMITTERS.get(cls.__name__)
-        if emitter is not None:
-            return emitter(g, module, x)
+    emitter = emitter_for(EMITTERS, module)
+    if emitter is not None:
+        return emitter(g, module, x)
     raise OnnxExportError("cannot export a module of type %s to ONNX (supported: %s)"
                           % (type(module).__name__, ", ".join(sorted(EMITTERS))))
 

@@ -17,6 +17,20 @@ def run_tool(*args, timeout=600, **kwargs):
     return children.run([sys.executable, *map(str, args)], timeout, cwd=ROOT, **kwargs)
 
 
+# ``python -c BLOCK_MODEL script args...`` runs a script with every import of ``model`` refused:
+# what runs an exported file must not need the model code.
+BLOCK_MODEL = """
+import runpy, sys
+class NoModelCode:
+    def find_spec(self, name, path=None, target=None):
+        if name == "model" or name.startswith("model."):
+            raise ImportError("infer.py imported the model code: " + name)
+sys.meta_path.insert(0, NoModelCode())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def processes_mentioning(text):
     """Pids of live processes whose command line contains ``text`` (zombies excluded)."""
     found = []

@@ -21,7 +21,7 @@ from deploy import binary_runtime as br
 from deploy import bitops
 from deploy import preprocess
 from model.checkpoint import build_model, checkpoint_dict, numpy_state_dict
-from helpers import assert_top_k, call_tool, one_line_error, run_tool
+from helpers import BLOCK_MODEL, assert_top_k, call_tool, one_line_error, run_tool
 
 SIZE, CLASSES = 16, 10
 NAMES = ["digit%d" % i for i in range(CLASSES)]
@@ -35,17 +35,6 @@ SEARCHED = {
                {"op": "xnor_nin", "C_in": 64, "C_out": 64, "stride": 1},
                {"op": "xnor_skip_connect", "C_in": 64, "C_out": 128, "stride": 2}],
     "head": {"channels": 0}}
-
-BLOCK_MODEL = """
-import runpy, sys
-class NoModelCode:
-    def find_spec(self, name, path=None, target=None):
-        if name == "model" or name.startswith("model."):
-            raise ImportError("infer.py imported the model code: " + name)
-sys.meta_path.insert(0, NoModelCode())
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
 
 
 def train_a_few_steps(net, steps=6):

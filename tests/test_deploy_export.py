@@ -16,7 +16,7 @@ from deploy import export as ex
 from common.checkpoint import save_checkpoint
 from model.checkpoint import checkpoint_dict, numpy_state_dict
 from model.parity import DEFAULT_TOLERANCE, randomize_batchnorm, sample_inputs
-from helpers import one_line_error, run_tool
+from helpers import BLOCK_MODEL, one_line_error, run_tool
 
 SIZE, BATCH, CLASSES = 64, 2, 10
 
@@ -143,18 +143,6 @@ def test_preprocess_resizes_crops_and_normalizes():
     for col in range(4):
         np.testing.assert_allclose(x[:, :, col], np.repeat(red[:, None], 32, 1), rtol=1e-5)
     assert not np.allclose(x[:, :, 8], red[:, None])  # past the boundary
-
-
-BLOCK_MODEL = """
-import runpy, sys
-class NoModelCode:
-    def find_spec(self, name, path=None, target=None):
-        if name == "model" or name.startswith("model."):
-            raise ImportError("infer.py imported the model code: " + name)
-sys.meta_path.insert(0, NoModelCode())
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
 
 
 def write_image(path, seed):
