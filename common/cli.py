@@ -9,9 +9,11 @@
 - ``integer`` / ``number``: argparse ``type=`` checks with bounds (``--top 0``, ``--batch-size
   -5`` are refused as the argument's error, before any work).
 - ``quiet_known_warnings()``: the one filter for numpy's note about this CPU's float subnormals.
-- ``run(main)``: user errors become one line on stderr and exit code 2.
+- ``run(main)``: user errors become one line on stderr and exit code 2; a closed pipe
+  (``tool | head``) ends quietly.
 """
 import argparse
+import os
 import sys
 import warnings
 
@@ -107,4 +109,8 @@ def run(main, argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:
+        # The reader went away (``tool | head``): stop quietly, as a Unix tool killed by SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     sys.exit(code or 0)

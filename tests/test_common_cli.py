@@ -136,3 +136,19 @@ def test_flags_come_from_the_settings_fields(capsys):
     assert "images per step (default: 64)" in _help(q)
     with pytest.raises(SystemExit):
         q.parse_args(["--batch-size", "0"])
+
+
+def test_run_ends_quietly_when_the_reader_closes_the_pipe():
+    """``tool | head``: the reader exits early; the tool stops without a traceback."""
+    import subprocess
+    import sys
+    code = ("from common.cli import run\n"
+            "run(lambda argv: [print('row %d' % i) for i in range(200000)])\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={"PYTHONUNBUFFERED": "1", "PATH": ""},
+                            cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    assert proc.stdout.readline() == b"row 0\n"
+    proc.stdout.close()  # the reader goes away after one line
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 141, err
+    assert b"Traceback" not in err and b"BrokenPipe" not in err

@@ -5,7 +5,7 @@
 building one primitive can never change another (aw_nas aliased and mutated shared config dicts
 and looked them up through late-binding lambdas: most primitives lost their shortcut, the
 "Bi-Real" ones did not binarize activations). Each row below is the documented intent; the
-Markdown table in docs/binary.md is generated from it (``python -m model.binary.primitives``).
+Markdown table in docs/binary.md is generated from it (``python -m model.binary``).
 """
 import dataclasses
 from dataclasses import dataclass
@@ -137,6 +137,3 @@ def primitive_table():
             reduction, spec.note))
     return "\n".join(rows)
 
-
-if __name__ == "__main__":
-    print(primitive_table())
