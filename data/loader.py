@@ -17,11 +17,16 @@ Workers never outlive the run: each asks the kernel for SIGKILL when its parent 
 (``PR_SET_PDEATHSIG``, through ``common.lifeline``), so a training run killed with SIGKILL
 takes its workers with it, and the main process waits at most ``WORKER_TIMEOUT_S`` for a batch
 (MegEngine's ``DataLoader(timeout=...)``): a worker that died or hangs is one ``DataError``
-line, not a run that waits forever.
+line, not a run that waits forever. The workers hand their batches over through a pyarrow
+plasma store that MegEngine starts with a bare ``Popen`` (``megengine/data/tools/_queue.py``):
+it outlived a run killed by SIGKILL, holding its shared memory. ``Loader`` starts that store
+itself, through ``common.children`` (a deadline, death with this process, its socket removed),
+and hands it to MegEngine in place of MegEngine's own (``SupervisedPlasmaStore``).
 """
 import contextlib
 import os
 import signal
+import subprocess
 import warnings
 
 import numpy as np
@@ -31,6 +36,7 @@ from megengine.data import DataLoader
 from megengine.data.dataset import Dataset
 from megengine.data.sampler import MapSampler
 
+from common.children import Child
 from common.lifeline import set_parent_death_signal
 
 from .images import UnreadableImage
@@ -38,6 +44,9 @@ from .sources import DataError
 
 NOTHING_READABLE = -2  # the ``skipped`` value of a sample drawn from a source with no readable image
 WORKER_TIMEOUT_S = 600  # for one batch from the workers; decoding a batch takes seconds at most
+# The plasma store lives as long as its loader or this process, whichever ends first; the
+# deadline is only the backstop every child has.
+PLASMA_STORE_DEADLINE_S = 30 * 24 * 3600
 
 
 _QUIET = {"on": False, "saved": None, "parent": None}
@@ -89,8 +98,42 @@ def quiet_forks():
         _QUIET["on"] = False
 
 
+class SupervisedPlasmaStore:
+    """MegEngine's ``_PlasmaStoreManager`` (same attributes: ``socket_name``, ``refcount``,
+    ``plasma_store``) with the store started under the lifeline. MegEngine counts the queues
+    that use it and drops it at zero, which stops the store (``__del__``)."""
+
+    def __init__(self):
+        import pyarrow
+
+        self.owner = os.getpid()  # forked workers inherit this object; only the owner stops it
+        self.socket_name = "/tmp/mge_plasma_%s" % os.urandom(8).hex()
+        memory = int(os.environ.get("MGE_PLASMA_MEMORY", 4 << 30))  # MegEngine's default, 4 GB
+        server = os.path.join(pyarrow.__path__[0], "plasma-store-server")
+        self.store = Child([server, "-s", self.socket_name, "-m", str(memory)],
+                           PLASMA_STORE_DEADLINE_S, what="the data loader's plasma store",
+                           scratch=[self.socket_name], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+        self.plasma_store = self.store.proc
+        self.refcount = 0  # the queue that MegEngine creates next counts itself
+
+    def __del__(self):
+        if os.getpid() == self.owner:
+            self.store.stop()
+
+
+def supervise_plasma_store():
+    """Install a ``SupervisedPlasmaStore`` where MegEngine would start its own (the next
+    ``PlasmaShmQueue``, made when a loader with workers is iterated), unless one is running."""
+    from megengine.data.tools import _queue
+
+    if _queue.MGE_PLASMA_STORE_MANAGER is None:
+        _queue.MGE_PLASMA_STORE_MANAGER = SupervisedPlasmaStore()
+
+
 class Loader:
-    """A ``DataLoader`` whose worker processes start quietly (see the module docstring)."""
+    """A ``DataLoader`` whose worker processes start quietly and whose plasma store is
+    supervised (see the module docstring)."""
 
     def __init__(self, loader):
         self.loader = loader
@@ -102,6 +145,8 @@ class Loader:
         return len(self.loader)
 
     def __iter__(self):
+        if self.loader.num_workers:
+            supervise_plasma_store()
         with quiet_forks():
             return iter(self.loader)
 

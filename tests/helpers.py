@@ -47,6 +47,39 @@ def processes_mentioning(text):
     return found
 
 
+def descendants(pid):
+    """``{pid: command line}`` of the live processes below ``pid`` (children, grandchildren...)."""
+    parent_of, cmdline = {}, {}
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/stat" % p) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open("/proc/%s/cmdline" % p, "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parent_of[int(p)], cmdline[int(p)] = int(fields[1]), cmd
+    found, frontier = {}, {pid}
+    while frontier:
+        frontier = {p for p, parent in parent_of.items() if parent in frontier and p not in found}
+        found.update((p, cmdline[p]) for p in frontier)
+    return found
+
+
+def still_alive(pids):
+    """The pids of ``pids`` that are still running (zombies count as gone)."""
+    alive = []
+    for p in pids:
+        try:
+            with open("/proc/%d/stat" % p) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    alive.append(p)
+        except OSError:
+            pass
+    return alive
+
+
 def assert_top_k(printed, probs, atol):
     """``printed``: ``[(class index, percent), ...]`` as a tool printed its top-k for one image;
     ``probs``: the model's probabilities for it, computed independently. Each printed value is

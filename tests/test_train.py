@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from common.checkpoint import load_checkpoint
-from helpers import ROOT, one_line_error, processes_mentioning, run_tool
+from helpers import ROOT, descendants, one_line_error, processes_mentioning, run_tool, still_alive
 
 TINY = ["--image-size", "16", "--batch-size", "16", "--device", "cpu", "--workers", "0",
         "--max-val-images", "32", "--eval-batch-size", "32", "--no-progress"]
@@ -297,9 +297,13 @@ def test_loader_workers_die_with_a_run_killed_by_sigkill(tmp_path, reaped):
     while len(processes_mentioning(out)) < 3 and time.time() < end:
         time.sleep(0.1)
     assert len(processes_mentioning(out)) >= 3, processes_mentioning(out)
+    # MegEngine's plasma store, which carries the workers' batches, is a child too
+    below = descendants(run.pid)
+    assert any("plasma-store-server" in cmd for cmd in below.values()), below
     os.kill(run.pid, signal.SIGKILL)
     run.wait()
     end = time.time() + 10
-    while processes_mentioning(out) and time.time() < end:
+    while (processes_mentioning(out) or still_alive(below)) and time.time() < end:
         time.sleep(0.1)
     assert processes_mentioning(out) == []
+    assert {p: below[p] for p in still_alive(below)} == {}
