@@ -9,8 +9,9 @@
 - ``integer`` / ``number``: argparse ``type=`` checks with bounds (``--top 0``, ``--batch-size
   -5`` are refused as the argument's error, before any work).
 - ``quiet_known_warnings()``: the one filter for numpy's note about this CPU's float subnormals.
-- ``run(main)``: user errors become one line on stderr and exit code 2; a closed pipe
-  (``tool | head``) ends quietly.
+- ``run(main)``: user errors (bad input files, refusals) become one line on stderr and exit
+  code 1; a bad command line is argparse's exit code 2; a closed pipe (``tool | head``) ends
+  quietly.
 """
 import argparse
 import os
@@ -18,6 +19,9 @@ import sys
 import warnings
 
 from errors import UserError  # noqa: F401  (re-exported for tools)
+
+USER_ERROR_EXIT = 1   # a refused input: one ``error:`` line
+USAGE_ERROR_EXIT = 2  # a bad command line (argparse's convention)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -99,13 +103,13 @@ def quiet_known_warnings():
 
 
 def run(main, argv=None):
-    """Call ``main(argv)``; turn user errors into ``error: <message>`` and exit status 2."""
+    """Call ``main(argv)``; turn user errors into ``error: <message>`` and exit status 1."""
     quiet_known_warnings()
     try:
         code = main(argv)
     except UserError as e:
         print("error: %s" % e, file=sys.stderr)
-        sys.exit(2)
+        sys.exit(USER_ERROR_EXIT)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
