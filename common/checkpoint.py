@@ -38,6 +38,8 @@ def save_checkpoint(obj, path):
 
 def load_checkpoint(path):
     """Read a checkpoint file safely; returns what was saved."""
+    from .filekind import refuse_non_checkpoint
+    refuse_non_checkpoint(path)  # a .pth, .onnx, .mge, .bnn or image: say what it is
     try:
         with open(path, "rb") as f:
             return safe_load(f)

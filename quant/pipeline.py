@@ -41,24 +41,15 @@ class Source:
         return int(size) if size else None
 
 
-def _graph_kind(path):
-    """'MegEngine graph' / 'ONNX model' when ``path`` holds one, else None."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except OSError:
-        return None
-    if b"mgv2" in head or head.startswith(b"mgb"):
-        return "MegEngine graph (.mge)"
-    if head[:1] == b"\x08":  # protobuf field 1 (ir_version), varint: how every ONNX file starts
-        try:
-            import onnx
+_EXPORTED = {"mge": "MegEngine graph (.mge)", "onnx": "ONNX model",
+             "bnn": "packed binary model (.bnn)"}
 
-            onnx.load_model(path, load_external_data=False)
-            return "ONNX model"
-        except Exception:
-            return None
-    return None
+
+def _graph_kind(path):
+    """'MegEngine graph (.mge)' / 'ONNX model' / ... when ``path`` holds an exported model."""
+    from common.filekind import kind_of
+
+    return _EXPORTED.get(kind_of(path))
 
 
 def refuse_quantized(path, checkpoint=None):
