@@ -9,12 +9,13 @@ import dataclasses
 import logging
 
 import numpy as np
-from tqdm import tqdm
 
 import megengine as mge
 import megengine.functional as F
 
 from errors import UserError
+
+from .progress import progress as progress_display
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ def evaluate(model, loader, source=None, label_smoothing=0.0, desc="val", progre
     model.eval()
     total = loss_sum = c1 = c5 = 0
     skipped = []
-    for images, labels, bad in tqdm(loader, desc=desc, leave=False, disable=not progress):
+    for images, labels, bad in progress_display(loader, desc=desc, unit="batch", leave=False,
+                                                enabled=progress):
         bad = np.asarray(bad)
         keep = bad < 0
         for i in bad[~keep]:
