@@ -1,12 +1,12 @@
 """Architecture search: FBNet-style differentiable search over a measured latency table, and
 TAS width search. Ends in an arch.json that ``train.py --arch arch.json`` trains.
 
-    python search.py lut    --space digits --out runs/search/lut.json
-    python search.py train  --space digits --lut runs/search/lut.json --out runs/search
-    python search.py derive --run runs/search --out runs/search/arch.json
-    python search.py show   --run runs/search --measure
-    python search.py tas    --space tas_digits --flop-ratio 0.5 --out runs/tas
-    python train.py --arch runs/search/arch.json --epochs 30 --output runs/found
+    .venv/bin/python search.py lut    --space digits --out runs/search/lut.json
+    .venv/bin/python search.py train  --space digits --lut runs/search/lut.json --out runs/search
+    .venv/bin/python search.py derive --run runs/search --out runs/search/arch.json
+    .venv/bin/python search.py show   --run runs/search --measure
+    .venv/bin/python search.py tas    --space tas_digits --flop-ratio 0.5 --out runs/tas
+    .venv/bin/python train.py --arch runs/search/arch.json --epochs 30 --output runs/found
 """
 import argparse
 import logging

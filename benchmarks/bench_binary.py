@@ -1,8 +1,8 @@
 """Packed binary inference (.bnn) against its float emulation and a float network of the same
 shapes, side by side, each path alone in a fresh process.
 
-    python benchmarks/bench_binary.py                       # 224x224 ResNet-18s, batch 1 and 16
-    python benchmarks/bench_binary.py --quick               # 2 minutes: 64x64, batch 1, one round
+    .venv/bin/python benchmarks/bench_binary.py  # 224x224 ResNet-18s, batch 1 and 16
+    .venv/bin/python benchmarks/bench_binary.py --quick  # 2 minutes: 64x64, batch 1, one round
 
 Networks (random weights; BatchNorm statistics measured on generated images and perturbed,
 ``model.parity.randomize_batchnorm``, as a trained network's are: an untrained BN leaves

@@ -1,7 +1,10 @@
 """What every command-line entry point shares: the parser, argument checks, and the runner.
 
 - ``ArgumentParser(doc)``: description = the docstring's first paragraph, epilog = the rest
-  (examples), help by ``HelpFormatter``; a bad argument is one line ``error: ...`` and exit 2.
+  (examples), help by ``HelpFormatter``; a bad argument is one line ``error: ...`` and exit 2;
+  no prefix abbreviations (``--epoch`` is not ``--epochs``).
+- ``add_checkpoint_argument`` / ``checkpoint_of``: one spelling of the checkpoint in every tool
+  (positional, ``--checkpoint`` or ``--load``).
 - ``HelpFormatter``: keeps the layout of descriptions and shows ``(default: X)`` only where X is a
   real value: not for required options, options whose default is None (their help says what
   happens), flags (store_true / store_false: "(default: True)" on ``--no-progress`` reads as
@@ -51,10 +54,39 @@ class ArgumentParser(argparse.ArgumentParser):
             if rest.strip():
                 kwargs.setdefault("epilog", rest)
         kwargs.setdefault("formatter_class", HelpFormatter)
+        # No prefix matching: ``--epoch 3`` must be refused, not silently read as ``--epochs``.
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(**kwargs)
 
     def error(self, message):
         self.exit(2, "error: %s (see %s --help)\n" % (message, self.prog))
+
+
+CHECKPOINT_FLAGS = ("--checkpoint", "--load")
+
+
+def add_checkpoint_argument(p, help="model checkpoint (.pkl), train or deploy form",
+                            positional=True):
+    """The checkpoint a tool reads, spelt the same in every tool: positional (where the tool
+    has one main input) or ``--checkpoint`` / ``--load`` (aliases). ``checkpoint_of`` reads it."""
+    if positional:
+        p.add_argument("checkpoint_arg", nargs="?", metavar="CHECKPOINT", help=help)
+        help = "the checkpoint, as an option (same as the positional CHECKPOINT)"
+    p.add_argument(*CHECKPOINT_FLAGS, dest="checkpoint", metavar="CKPT", help=help)
+
+
+def checkpoint_of(p, args, required=True):
+    """The one checkpoint path of ``add_checkpoint_argument`` (``args.checkpoint``), or a usage
+    error when it is missing or given twice."""
+    given = [c for c in (getattr(args, "checkpoint_arg", None), args.checkpoint) if c is not None]
+    if len(given) > 1:
+        p.error("the checkpoint is given twice (%s); give it once" % " and ".join(given))
+    if required and not given:
+        p.error("a checkpoint is required (CHECKPOINT, or --checkpoint / --load CKPT)")
+    args.checkpoint = given[0] if given else None
+    if hasattr(args, "checkpoint_arg"):
+        del args.checkpoint_arg
+    return args.checkpoint
 
 
 def _bounded(convert, kind, lo, hi, lo_open):

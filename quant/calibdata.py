@@ -32,14 +32,9 @@ def _is_cifar(root):
 
 
 def _image_files(root):
-    from data.imagefolder import IMAGE_EXTENSIONS
+    from common.inputs import images_in  # the one folder expansion (predict.py, infer.py too)
 
-    found = []
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        found += [os.path.join(folder, f) for f in sorted(files)
-                  if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
-    return found
+    return images_in(root)
 
 
 class _FileSource:

@@ -94,7 +94,7 @@ def test_hostile_file_via_cli(tmp_path):
     path.write_bytes(as_zip(hostile(marker)["os.system"]))
     proc = run_tool("-m", "ckpt_converter", path, "--arch", "RepVGG-A0", "-o", tmp_path / "o.pkl")
     assert "refusing to load: the file asks for os.system" in one_line_error(proc)
-    assert proc.returncode == 2 and not marker.exists() and not (tmp_path / "o.pkl").exists()
+    assert proc.returncode == 1 and not marker.exists() and not (tmp_path / "o.pkl").exists()
 
 
 def test_unknown_classes_become_inert_placeholders(tmp_path):
@@ -242,7 +242,7 @@ def test_bad_files_via_cli(tmp_path, good_files, case):
     path.write_bytes(make(good_files))
     out = tmp_path / "out.pkl"
     proc = run_tool("-m", "ckpt_converter", path, "--arch", "RepVGG-A0", "-o", out)
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert message in one_line_error(proc)
     assert sorted(os.listdir(tmp_path)) == ["bad.pth"]
 

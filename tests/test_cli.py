@@ -29,7 +29,7 @@ def test_verify_fails_when_tolerance_is_exceeded():
 
 def test_verify_unknown_arch():
     proc = run_tool("verify.py", "--arch", "RepVGG-Z9")
-    assert proc.returncode == 2
+    assert proc.returncode == 1  # a UserError (unknown name), not a usage error
     assert "RepVGG-Z9" in one_line_error(proc)
 
 
@@ -61,7 +61,7 @@ def test_convert_mismatched_checkpoint_writes_nothing(tmp_path, rng):
     src, dst = tmp_path / "train.pkl", tmp_path / "deploy.pkl"
     _train_checkpoint(src, rng)
     proc = run_tool("tools/convert.py", "--arch", "RepVGG-B0", "--load", src, "--save", dst)
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     line = one_line_error(proc)
     assert "missing" in line and "mis-shaped" in line and "stage1.2.rbr_dense" in line
     assert not dst.exists()
@@ -72,13 +72,13 @@ def test_convert_unknown_arch_and_bad_files(tmp_path, rng):
     src, dst = tmp_path / "train.pkl", tmp_path / "deploy.pkl"
     _train_checkpoint(src, rng)
     proc = run_tool("tools/convert.py", "--arch", "Nope", "--load", src, "--save", dst)
-    assert proc.returncode == 2 and "unknown architecture 'Nope'" in one_line_error(proc)
+    assert proc.returncode == 1 and "unknown architecture 'Nope'" in one_line_error(proc)
     proc = run_tool("tools/convert.py", "--load", tmp_path / "missing.pkl", "--save", dst)
-    assert proc.returncode == 2 and "not found" in one_line_error(proc)
+    assert proc.returncode == 1 and "not found" in one_line_error(proc)
     truncated = tmp_path / "truncated.pkl"
     truncated.write_bytes(src.read_bytes()[:5000])
     proc = run_tool("tools/convert.py", "--load", truncated, "--save", dst)
-    assert proc.returncode == 2 and "not a readable" in one_line_error(proc)
+    assert proc.returncode == 1 and "not a readable" in one_line_error(proc)
     assert not dst.exists()
 
 
@@ -89,5 +89,5 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
     evil.write_bytes(payload)
     proc = run_tool("tools/convert.py", "--arch", "RepVGG-A0", "--load", evil,
                     "--save", tmp_path / "out.pkl")
-    assert proc.returncode == 2 and "os.system" in one_line_error(proc)
+    assert proc.returncode == 1 and "os.system" in one_line_error(proc)
     assert not marker.exists()

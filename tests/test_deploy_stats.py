@@ -34,4 +34,4 @@ def test_stats_table_and_errors():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[2].startswith("| RepVGG-A0 | 64 | 9.11 | 8.31 |")
     proc = run_tool("tools/stats.py", "--arch", "RepVGG-Z0")
-    assert proc.returncode == 2 and "unknown architecture" in one_line_error(proc)
+    assert proc.returncode == 1 and "unknown architecture" in one_line_error(proc)

@@ -38,7 +38,7 @@ def test_tas_into_a_folder_holding_a_run_is_refused_and_changes_nothing(tas_run)
     out, _ = tas_run
     before = {f: (out / f).read_bytes() for f in ("arch.json", "latest.pkl")}
     proc = call_tool("search.py", *TAS, "--out", out, "--seed", "3")
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     msg = one_line_error(proc)
     assert str(out) in msg and "already holds a run" in msg
     assert {f: (out / f).read_bytes() for f in before} == before
@@ -69,7 +69,8 @@ def test_a_folder_in_use_by_a_live_run_is_refused(tmp_path, command):
 def test_bad_numbers_are_one_line(args, words, tmp_path):
     proc = call_tool("search.py", *args, "--out", tmp_path / "o") if args[0] != "derive" else \
         call_tool("search.py", *args, "--run", tmp_path, "--out", tmp_path / "a.json")
-    assert proc.returncode == 2 and words in one_line_error(proc)
+    # a bad number is argparse's usage error (2); an unknown device is a UserError (1)
+    assert proc.returncode == (1 if "--device" in args else 2) and words in one_line_error(proc)
     assert not (tmp_path / "o").exists()
 
 

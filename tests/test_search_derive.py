@@ -107,6 +107,6 @@ def test_bad_arch_files_give_one_line_errors(tmp_path):
 def test_derive_cli_without_a_run_is_one_line(tmp_path):
     proc = run_tool("search.py", "derive", "--run", str(tmp_path), "--out",
                     str(tmp_path / "a.json"))
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert "no best checkpoint" in one_line_error(proc)
     assert not (tmp_path / "a.json").exists()

@@ -1,8 +1,9 @@
 """Top-1 / top-5 accuracy of a model checkpoint on a validation split.
 
-    python tools/eval.py runs/RepVGG-A0-digits/deploy.pkl           # the data set it records
-    python tools/eval.py best.pkl --data /imagenet                    # DIR/val, ImageNet folder
-    python tools/eval.py model.pkl --dataset cifar10 --data ./cifar-10-batches-py
+    .venv/bin/python tools/eval.py runs/RepVGG-A0-digits/deploy.pkl  # the data set it records
+    .venv/bin/python tools/eval.py best.pkl --data /imagenet  # DIR/val, ImageNet folder
+    .venv/bin/python tools/eval.py model.pkl --dataset cifar10 --data ./cifar-10-batches-py
+    .venv/bin/python tools/eval.py --load model.pkl  # --checkpoint / --load: the same
 
 Accepts train- or deploy-form checkpoints from train.py, tools/convert.py and the PyTorch
 importer (bare state dicts need --arch). The data set and image size default to what the
@@ -15,7 +16,7 @@ validation images are named in a warning, left out and counted.
 runs it; --precision bf16 for a .onnx in bfloat16 through OpenVINO) on the same split, prepared
 as for the checkpoint it was exported from:
 
-    python tools/eval.py runs/RepVGG-A0-digits/deploy.pkl --exported a0.onnx --precision bf16
+    .venv/bin/python tools/eval.py deploy.pkl --exported a0.onnx --precision bf16
 """
 import logging
 import os
@@ -31,7 +32,7 @@ DATASETS = ("digits", "imagenet", "cifar10", "cifar100")
 
 def parse_args(argv):
     p = cli.ArgumentParser(__doc__)
-    p.add_argument("checkpoint", help="model checkpoint (.pkl), train or deploy form")
+    cli.add_checkpoint_argument(p)
     p.add_argument("--arch", help="architecture (default: the one the checkpoint records)")
     p.add_argument("--data", metavar="DIR", help="data folder (default: none; the built-in "
                    "digits when the checkpoint records digits)")
@@ -52,7 +53,9 @@ def parse_args(argv):
                    help="score this exported model (.mge or .onnx) instead of the checkpoint")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="with --exported: bf16 runs a .onnx in bfloat16 (OpenVINO)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    cli.checkpoint_of(p, args)
+    return args
 
 
 def check_classes(path, recorded, num_classes, dataset, classes):
@@ -102,7 +105,7 @@ def main(argv=None):
     from common.evaluation import evaluate
     from data.loader import make_loader
     from data.sources import Subset
-    from data.splits import checkpoint_data, load_splits
+    from data.splits import checkpoint_data, eval_splits
     from model.checkpoint import arch_label, model_from_checkpoint
     from training import fastconv
 
@@ -115,7 +118,7 @@ def main(argv=None):
         raise cli.UserError("%s records no data set it was trained on; evaluating it as %s "
                             "needs --data DIR (or name the data with --dataset)"
                             % (args.checkpoint, dataset))
-    splits = load_splits(dataset, args.data, size)
+    splits = eval_splits(checkpoint, dataset, args.data, size)  # val/ only; recorded folder
     check_classes(args.checkpoint, recorded.get("classes"), info["num_classes"], dataset,
                   splits.classes)
     if args.exported:
@@ -129,7 +132,7 @@ def main(argv=None):
             if args.exported else "%s (%s, %s form)" % (args.checkpoint, arch_label(info["arch"]),
                                                         info["form"]))
     print("%s on %s val (%d images, %dx%d%s): top-1 %.2f%%  top-5 %.2f%%  "
-          "loss %.4f" % (what, dataset, result.images, size, size, skipped, result.top1,
+          "loss %.4f" % (what, splits.name, result.images, size, size, skipped, result.top1,
                          result.top5, result.loss))
     return 0
 

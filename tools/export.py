@@ -1,11 +1,11 @@
 """Export a RepVGG checkpoint for deployment: a MegEngine graph (.mge), ONNX (.onnx) or, for a
 binary network, a bit-packed binary model (.bnn), checked.
 
-    python tools/export.py --load runs/RepVGG-A0-digits/deploy.pkl --output a0.mge
-    python tools/export.py --load train.pkl --output a0.onnx             # or --format onnx
-    python tools/export.py --load deploy.pkl --output a0_b16.mge --batch 16
-    python tools/export.py --arch RepVGG-A0 --random-init --output bench.mge   # random weights
-    python tools/export.py --load runs/bnn/best.pkl --output bnn.bnn   # binary: XNOR-popcount
+    .venv/bin/python tools/export.py runs/RepVGG-A0-digits/deploy.pkl --output a0.mge
+    .venv/bin/python tools/export.py --load train.pkl --output a0.onnx  # or --format onnx
+    .venv/bin/python tools/export.py deploy.pkl --output a0_b16.mge --batch 16
+    .venv/bin/python tools/export.py --arch RepVGG-A0 --random-init --output bench.mge  # random
+    .venv/bin/python tools/export.py runs/bnn/best.pkl --output bnn.bnn  # binary: XNOR-popcount
 
 A train-form checkpoint is converted to deploy form first (every block fused into one 3x3 conv).
 .mge: traced with megengine.jit.trace(symbolic=True, capture_as_const=True) and dumped with
@@ -46,10 +46,9 @@ from deploy import export as ex  # noqa: E402
 def parse_args(argv):
     p = cli.ArgumentParser(__doc__)
     p.add_argument("--arch", help="architecture name (default: the one the checkpoint records)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--load", metavar="CKPT", help="checkpoint (train or deploy form)")
-    src.add_argument("--random-init", action="store_true",
-                     help="no checkpoint: random weights (benchmarks, tests); needs --arch")
+    cli.add_checkpoint_argument(p, "checkpoint (train or deploy form)")
+    p.add_argument("--random-init", action="store_true",
+                   help="no checkpoint: random weights (benchmarks, tests); needs --arch")
     p.add_argument("--num-classes", type=int, default=1000, help="classes with --random-init")
     p.add_argument("--output", required=True, metavar="FILE",
                    help="file to write: .mge (MegEngine), .onnx or .bnn (packed binary)")
@@ -75,6 +74,9 @@ def parse_args(argv):
                    help="CPU threads for tracing, profiling and the check")
     p.add_argument("--seed", type=int, default=0, help="seed for generated check images")
     args = p.parse_args(argv)
+    if args.random_init and (args.checkpoint or args.checkpoint_arg):
+        p.error("--random-init exports random weights; it takes no checkpoint")
+    cli.checkpoint_of(p, args, required=not args.random_init)
     for flag in ("batch", "size", "num_classes"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -87,12 +89,12 @@ def main(argv=None):
     cpus.check_threads(args.threads)
     fmt = ex.format_of(args.output, args.format)
     use_device(dump.trace_device(args.threads))
-    source = ex.build_model(args.load, args.arch, args.num_classes, args.size)
+    source = ex.build_model(args.checkpoint, args.arch, args.num_classes, args.size)
     if fmt == "bnn":  # nothing to pack: refused before anything else is said or done
         from deploy.binary_export import check_binary
 
         check_binary(source.deploy)
-    if not args.load:
+    if not args.checkpoint:
         print("warning: exporting randomly initialised weights (for benchmarks and tests "
               "only, not for predictions)", file=sys.stderr)
     if source.spec_note:

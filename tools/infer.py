@@ -1,11 +1,12 @@
 """Classify images with an exported model (.mge, .onnx or .bnn from tools/export.py), without
 the model code; or time it (--benchmark).
 
-    python tools/infer.py a0.mge cat.jpg dog.png
-    python tools/infer.py a0.onnx photos/*.jpg --top 3
-    python tools/infer.py a0.mge --benchmark --batch 16 --runs 20     # last line: "<N> img/s"
-    python tools/infer.py a0.onnx cat.jpg --precision bf16       # bfloat16 (OpenVINO), opt-in
-    python tools/infer.py bnn.bnn cat.jpg         # a binary network, XNOR-popcount (numba)
+    .venv/bin/python tools/infer.py a0.mge cat.jpg dog.png
+    .venv/bin/python tools/infer.py a0.onnx photos/*.jpg --top 3
+    .venv/bin/python tools/infer.py a0.mge photos/  # a folder: its images, recursively, sorted
+    .venv/bin/python tools/infer.py a0.mge --benchmark --batch 16 --runs 20  # last: "<N> img/s"
+    .venv/bin/python tools/infer.py a0.onnx cat.jpg --precision bf16  # bfloat16 (OpenVINO), opt-in
+    .venv/bin/python tools/infer.py bnn.bnn cat.jpg  # a binary network, XNOR-popcount (numba)
 
 A .mge runs under MegEngine Lite (with the fast-run algorithm cache and layout recorded at export
 time when this is the CPU that exported it; on another CPU its portable graph runs untuned, said
@@ -28,6 +29,7 @@ import numpy as np  # noqa: E402
 
 from common import cli, cpus  # noqa: E402
 from common import numeric  # noqa: E402
+from common.inputs import expand_images  # noqa: E402
 from common.timing import interleaved_medians  # noqa: E402
 from deploy import preprocess, runtime  # noqa: E402
 from errors import UserError  # noqa: E402
@@ -64,7 +66,8 @@ def benchmark(model, batch, warmup, runs, seed=0):
 def parse_args(argv):
     p = cli.ArgumentParser(__doc__)
     p.add_argument("model", metavar="MODEL", help="exported model (.mge, .onnx or .bnn)")
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files, or folders (their image files, recursively, "
+                   "sorted)")
     p.add_argument("--labels", metavar="FILE", help="class names, one per line (default: the "
                    "names recorded in the model, else class indices)")
     p.add_argument("--top", type=int, default=5, help="how many classes to print per image")
@@ -93,9 +96,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     cpus.check_threads(args.threads)
-    missing = [p for p in args.images if not os.path.isfile(p)]
-    if missing:
-        raise UserError("image not found: %s" % ", ".join(missing))
+    args.images = expand_images(args.images)  # before the model loads: a typo fails at once
     model = runtime.open_model(args.model, threads=args.threads, precision=args.precision)
     batch = args.batch or model.input_shape[0]
     if args.benchmark:

@@ -1,7 +1,8 @@
 """Top-5 classes and probabilities for image files.
 
-    python tools/predict.py --checkpoint runs/RepVGG-A0-digits/deploy.pkl digit.png
-    python tools/predict.py --checkpoint deploy.pkl --classes names.txt cat.jpg dog.jpg
+    .venv/bin/python tools/predict.py --checkpoint runs/RepVGG-A0-digits/deploy.pkl digit.png
+    .venv/bin/python tools/predict.py --checkpoint deploy.pkl --classes names.txt cat.jpg dog.jpg
+    .venv/bin/python tools/predict.py --load deploy.pkl photos/  # a folder: its images, sorted
 
 Accepts train- or deploy-form checkpoints from train.py, tools/convert.py and the PyTorch
 importer. Images get the evaluation transform of the data set the checkpoint records (ImageNet:
@@ -22,8 +23,10 @@ from common.device import DEVICE_HELP, use_device  # noqa: E402
 
 def parse_args(argv):
     p = cli.ArgumentParser(__doc__)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    p.add_argument("--checkpoint", required=True, help="model checkpoint (.pkl)")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files, or folders (their image files, recursively, sorted)")
+    cli.add_checkpoint_argument(p, "model checkpoint (.pkl); --load is the same",
+                                positional=False)
     p.add_argument("--arch", help="architecture (default: the one the checkpoint records)")
     p.add_argument("--classes", metavar="FILE", help="class names, one per line (default: "
                    "recorded in the checkpoint, else indices)")
@@ -37,7 +40,9 @@ def parse_args(argv):
     p.add_argument("--batch", type=cli.integer(min=1, max=4096), default=32,
                    help="images per forward pass (memory grows with it)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    cli.checkpoint_of(p, args)
+    return args
 
 
 def class_names(args, checkpoint, num_classes):
@@ -74,17 +79,19 @@ def main(argv=None):
     args = parse_args(argv)
     use_device(args.device)
     from common.checkpoint import load_checkpoint
+    from common.inputs import expand_images
     from common.numeric import top_k
     from data.splits import checkpoint_data, eval_transform
     from model.checkpoint import model_from_checkpoint
 
+    paths = expand_images(args.images)  # before the model loads: a typo fails at once
     checkpoint = load_checkpoint(args.checkpoint)
     model, info = model_from_checkpoint(checkpoint, args.arch, args.checkpoint)
     names = class_names(args, checkpoint, info["num_classes"])
     dataset, size = checkpoint_data(checkpoint, args.dataset, None, args.image_size)
     transform = eval_transform(dataset, size)
     top = min(args.top, info["num_classes"])
-    for path, logits in predict(model, transform, args.images, args.batch):
+    for path, logits in predict(model, transform, paths, args.batch):
         (row,) = top_k(logits[None], top)
         print(path + ": " + ", ".join("%s %.2f%%" % (names[i], 100 * p) for i, p in row),
               flush=True)

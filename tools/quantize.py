@@ -1,8 +1,8 @@
 """Quantize a trained RepVGG / QARepVGG checkpoint to int8: a MegEngine .mge or an ONNX file.
 
-    python tools/quantize.py --load runs/RepVGG-A0-digits/deploy.pkl -o a0_int8.mge
-    python tools/quantize.py --load best.pkl --calib ./cifar-10-batches-py -o a0_int8.onnx
-    python tools/quantize.py --load best.pkl --qat -o a0_qat_int8.mge
+    .venv/bin/python tools/quantize.py runs/RepVGG-A0-digits/deploy.pkl -o a0_int8.mge
+    .venv/bin/python tools/quantize.py --load best.pkl --calib ./cifar-10-batches-py -o a0_int8.onnx
+    .venv/bin/python tools/quantize.py best.pkl --qat -o a0_qat_int8.mge
 
 Post-training quantization (default): the deploy form is calibrated on --calib-images images
 (--calib: a CIFAR batch folder, an ImageNet-style folder, or any folder of images; the built-in
@@ -37,8 +37,8 @@ def parse_args(argv):
     from quant.ptq import DEFAULT_OBSERVER, OBSERVERS
 
     p = cli.ArgumentParser(__doc__)
-    p.add_argument("--load", required=True, metavar="CKPT",
-                   help="float checkpoint (train or deploy form) of a RepVGG / QARepVGG")
+    cli.add_checkpoint_argument(p, "float checkpoint (train or deploy form) of a RepVGG / "
+                                "QARepVGG")
     p.add_argument("--arch", help="architecture (default: the one the checkpoint records)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.mge|OUT.onnx",
                    help="int8 model to write; the suffix picks the format")
@@ -72,6 +72,7 @@ def parse_args(argv):
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars")
     args = p.parse_args(argv)
+    cli.checkpoint_of(p, args)
     if os.path.splitext(args.output)[1].lower() not in FORMATS:
         raise UserError("-o must end in .mge or .onnx (it picks the format), got %s"
                         % args.output)
@@ -90,7 +91,7 @@ def data_for(args, source):
     if args.calib is None and recorded not in (None, "digits"):
         raise UserError("%s was trained on %s; pass --calib DIR with images of that data "
                         "(the built-in digits would calibrate it on the wrong images)"
-                        % (args.load, recorded))
+                        % (args.checkpoint, recorded))
     spec, note = spec_of_checkpoint(source.checkpoint, args.image_size)
     if note and args.calib is None:  # nothing recorded, digits by default: digits' own input
         from deploy.preprocess import spec_for_dataset
@@ -170,7 +171,7 @@ def main(argv=None):
 
     from quant.calibdata import check_folder
     check_folder(args.calib)  # before the model is loaded: a wrong path fails at once
-    source = load_float(args.load, args.arch)
+    source = load_float(args.checkpoint, args.arch)
     data, kind, spec = data_for(args, source)
     print(data.description)
     float_logits = logits(lambda b: source.deploy(mge.tensor(b)).numpy(), data.check)

@@ -1,8 +1,8 @@
 """Parameters and FLOPs of named models, train form and deploy form.
 
-    python tools/stats.py --arch RepVGG-A0
-    python tools/stats.py --all --size 224
-    python tools/stats.py --arch RepVGG-A0 RepVGG-B0 --json
+    .venv/bin/python tools/stats.py --arch RepVGG-A0
+    .venv/bin/python tools/stats.py --all --size 224
+    .venv/bin/python tools/stats.py --arch RepVGG-A0 RepVGG-B0 --json
 
 Counts come from model/opcount.py (one forward pass on zeros, hooks on every conv and linear
 layer). FLOPs are multiply-accumulates per image, the RepVGG paper's convention (RepVGG-A0:
