@@ -42,7 +42,7 @@ VARIANTS = ("megengine", "megengine-traced", "megengine-own-conv", "pytorch")
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split(
-        "\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+        "\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--arch", default="RepVGG-A0", help="architecture (default RepVGG-A0)")
     p.add_argument("--sizes", type=int, nargs="+", default=[32, 224],
                    help="input resolutions (default 32 224)")

@@ -23,7 +23,7 @@ from torch_reference import repvgg as reference  # noqa: E402
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--arch", required=True)
     p.add_argument("--size", type=int, required=True)
     p.add_argument("--batch", type=int, required=True)

@@ -72,7 +72,7 @@ def run(args):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     sub = p.add_subparsers(dest="cmd", required=True)
     pr = sub.add_parser("prepare")
     pr.add_argument("--weights", required=True)

@@ -129,7 +129,7 @@ def run_mode(args):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     sub = p.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("weights")
     w.add_argument("--arch", required=True)

@@ -168,7 +168,7 @@ def write_cifar10(folder, train=10000, test=2000, seed=0):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m data.shapes10",
+    p = argparse.ArgumentParser(prog="python -m data.shapes10", allow_abbrev=False,
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("folder", help="folder to write the CIFAR-10-format batch files into")
     p.add_argument("--train", type=int, default=10000, help="training images (default 10000)")
