@@ -111,18 +111,56 @@ def compare(name, train_out, deploy_out, tolerance=DEFAULT_TOLERANCE):
                   tolerance)
 
 
+def named_outputs(out, name="output"):
+    """A model's output as ``[(name, numpy array)]``: one tensor, or the tensors of a list,
+    tuple or dict of them (a backbone's feature maps, a detector's heads), nested or not."""
+    if isinstance(out, dict):
+        return [item for key, value in out.items()
+                for item in named_outputs(value, "%s[%s]" % (name, key))]
+    if isinstance(out, (list, tuple)):
+        return [item for i, value in enumerate(out)
+                for item in named_outputs(value, "%s[%d]" % (name, i))]
+    return [(name, np.asarray(out.numpy() if hasattr(out, "numpy") else out))]
+
+
+def combine(name, results):
+    """One ``Parity`` for several outputs: the worst difference, all disagreements."""
+    if len(results) == 1:
+        return dataclasses.replace(results[0], name=name)
+    return Parity(name, max(r.max_abs for r in results), max(r.max_rel for r in results),
+                  min(r.top1_agree for r in results), sum(r.disagreements for r in results),
+                  sum(r.near_ties for r in results), results[0].tolerance)
+
+
+def compare_outputs(name, train_out, deploy_out, tolerance=DEFAULT_TOLERANCE):
+    """``compare`` each output of two structured outputs (``named_outputs``), combined."""
+    return compare_named(name, named_outputs(train_out), named_outputs(deploy_out), tolerance)
+
+
+def compare_named(name, a, b, tolerance=DEFAULT_TOLERANCE):
+    """``compare_outputs`` on outputs already listed by ``named_outputs``."""
+    if [k for k, _ in a] != [k for k, _ in b]:
+        raise ValueError("%s: the outputs differ in structure: %s vs %s"
+                         % (name, [k for k, _ in a], [k for k, _ in b]))
+    return combine(name, [compare("%s %s" % (name, k), x, y, tolerance)
+                          for (k, x), (_, y) in zip(a, b)])
+
+
 def check_parity(name, train_model, inputs, tolerance=DEFAULT_TOLERANCE):
     """Run ``train_model`` and its deploy-form copy in eval mode on ``inputs`` and compare.
 
+    ``train_model`` is any module: a classifier, a backbone, or a user's model with RepVGG
+    blocks anywhere inside (``convert_to_deploy`` fuses them all); its output may be one tensor
+    or a list / tuple / dict of them, each compared (relative to its own largest value).
     Returns ``(Parity, deploy_model)``; ``train_model`` is left unchanged.
     """
     train_model.eval()
     x = mge.tensor(inputs)
-    train_out = train_model(x).numpy()
+    train_out = named_outputs(train_model(x))
     deploy_model = convert_to_deploy(train_model)
     deploy_model.eval()
-    deploy_out = deploy_model(x).numpy()
-    return compare(name, train_out, deploy_out, tolerance), deploy_model
+    return compare_named(name, train_out, named_outputs(deploy_model(x)), tolerance), \
+        deploy_model
 
 
 def format_row(p):

@@ -15,6 +15,7 @@ import megengine.functional as F
 import megengine.module as M
 
 from . import reparam
+from .finetune import Staged
 from .layers import ConvBn, GlobalAvgPool, SEBlock
 from .registry import register_model
 
@@ -152,12 +153,34 @@ def stage_widths(width_multiplier):
             int(512 * a[3])]
 
 
-class RepVGG(M.Module):
+class ClassifierHead:
+    """timm's classifier helpers over ``forward_features``, ``gap`` and ``linear``."""
+
+    def forward_head(self, x, pre_logits=False):
+        """Global pool and classifier on ``forward_features``' output; ``pre_logits=True``
+        stops after the pool (the (N, C) features the classifier reads)."""
+        x = self.gap(x)
+        return x if pre_logits else self.linear(x)
+
+    def reset_classifier(self, num_classes):
+        """A freshly initialised classifier for ``num_classes`` (0: none, ``forward`` returns
+        the pooled features)."""
+        self.linear = self._classifier(num_classes)
+
+    def _classifier(self, num_classes):
+        width = self.num_features
+        return M.Linear(width, num_classes) if num_classes > 0 else M.Identity()
+
+
+class RepVGG(ClassifierHead, Staged, M.Module):
     """stage0 (one stride-2 block) and four stages of blocks, global pool, linear classifier.
 
     ``override_groups_map`` maps a block's index (1 = first block after stage0) to its groups;
-    ``qa=True`` builds QARepVGG blocks (see ``RepVGGBlock``).
+    ``qa=True`` builds QARepVGG blocks (see ``RepVGGBlock``). Stage ``i`` (``STAGE_LAYOUT``,
+    ``model.finetune``) has stride ``2**(i+1)``.
     """
+
+    STAGE_LAYOUT = (("stage0",), ("stage1",), ("stage2",), ("stage3",), ("stage4",))
 
     def __init__(self, num_blocks, num_classes=1000, width_multiplier=(1, 1, 1, 1),
                  override_groups_map=None, deploy=False, use_se=False, qa=False):
@@ -180,14 +203,18 @@ class RepVGG(M.Module):
                 in_planes, index = planes, index + 1
             setattr(self, "stage%d" % stage, blocks)
         self.gap = GlobalAvgPool()
-        self.linear = M.Linear(widths[4], num_classes)
+        self.num_features = widths[4]
+        self.linear = self._classifier(num_classes)
+
+    def forward_features(self, x):
+        """The last stage's feature map (N, C, H/32, W/32), before pooling."""
+        self.apply_norm_modes()
+        for x in self.forward_stages(x):
+            pass
+        return x
 
     def forward(self, x):
-        x = self.stage0(x)
-        for blocks in (self.stage1, self.stage2, self.stage3, self.stage4):
-            for block in blocks:
-                x = block(x)
-        return self.linear(self.gap(x))
+        return self.forward_head(self.forward_features(x))
 
 
 def custom_l2(model):

@@ -15,8 +15,9 @@ import functools
 import megengine.module as M
 
 from .layers import ConvBn, GlobalAvgPool
+from .finetune import Staged
 from .registry import register_model
-from .repvgg import RepVGGBlock, stage_widths
+from .repvgg import ClassifierHead, RepVGGBlock, stage_widths
 
 
 class RepVGGplusBlock(RepVGGBlock):
@@ -51,8 +52,14 @@ def _aux_head(channels, num_classes):
                         GlobalAvgPool(), M.Identity(), M.Linear(channels, num_classes))
 
 
-class RepVGGplus(M.Module):
+class RepVGGplus(ClassifierHead, Staged, M.Module):
+    """As a staged network (``model.finetune``, ``model.backbone``) stage 3 is both halves, so
+    stage ``i`` has stride ``2**(i+1)`` as in RepVGG; the auxiliary heads read the outputs of
+    stage 1, stage 2 and ``stage3_first`` (the middle of stage 3) and belong to no stage."""
+
     AUX_HEADS = ("stage1_aux", "stage2_aux", "stage3_first_aux")
+    STAGE_LAYOUT = (("stage0",), ("stage1",), ("stage2",), ("stage3_first", "stage3_second"),
+                    ("stage4",))
 
     def __init__(self, num_blocks, num_classes=1000, width_multiplier=(1, 1, 1, 1), deploy=False,
                  use_post_se=False):
@@ -67,28 +74,43 @@ class RepVGGplus(M.Module):
         self.stage3_second = stage(w[3], w[3], num_blocks[2] // 2, stride=1)
         self.stage4 = stage(w[3], w[4], num_blocks[3], stride=2)
         self.gap = GlobalAvgPool()
-        self.linear = M.Linear(w[4], num_classes)
+        self.num_features = w[4]
+        self.linear = self._classifier(num_classes)
         if not deploy:
             self.stage1_aux = _aux_head(w[1], num_classes)
             self.stage2_aux = _aux_head(w[2], num_classes)
             self.stage3_first_aux = _aux_head(w[3], num_classes)
 
+    def forward_features(self, x):
+        """The last stage's feature map (N, C, H/32, W/32), before pooling."""
+        self.apply_norm_modes()
+        for x in self.forward_stages(x):
+            pass
+        return x
+
+    def reset_classifier(self, num_classes):
+        """New main and auxiliary classifiers for ``num_classes`` (0: none)."""
+        super().reset_classifier(num_classes)
+        for name in self.AUX_HEADS:
+            if hasattr(self, name):
+                head = getattr(self, name)
+                head[3] = M.Linear(head[3].in_features, num_classes) if num_classes > 0 \
+                    else M.Identity()
+
     def forward(self, x):
         with_aux = self.training and not self.deploy
+        if not with_aux:
+            return self.forward_head(self.forward_features(x))
+        self.apply_norm_modes()
         aux = {}
-        x = self.stage0(x)
-        x = self.stage1(x)
-        if with_aux:
-            aux["stage1_aux"] = self.stage1_aux(x)
+        x = self.stage1(self.stage0(x))
+        aux["stage1_aux"] = self.stage1_aux(x)
         x = self.stage2(x)
-        if with_aux:
-            aux["stage2_aux"] = self.stage2_aux(x)
+        aux["stage2_aux"] = self.stage2_aux(x)
         x = self.stage3_first(x)
-        if with_aux:
-            aux["stage3_first_aux"] = self.stage3_first_aux(x)
+        aux["stage3_first_aux"] = self.stage3_first_aux(x)
         x = self.stage4(self.stage3_second(x))
-        logits = self.linear(self.gap(x))
-        return dict(main=logits, **aux) if with_aux else logits
+        return dict(main=self.forward_head(x), **aux)
 
     def switch_to_deploy(self):
         """Drop the auxiliary classifiers; the blocks fuse through their own switch_to_deploy."""
