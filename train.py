@@ -13,14 +13,15 @@ recipe (imagenet, cifar or digits); --recipe NAME fills every knob as the offici
 configs do, and flags given still override. Writes OUTPUT/latest.pkl (full training state,
 every epoch), best.pkl, deploy.pkl, metrics.csv, curves.png (every epoch) and train.log.
 """
+import os
 import sys
 import warnings
 
 # numpy's harmless note about this CPU's float subnormals (printed when scikit-learn loads)
 warnings.filterwarnings("ignore", message="The value of the smallest subnormal")
 
-from common import cli  # noqa: E402
-from training.config import add_arguments, arch_stem, check, from_args  # noqa: E402
+from common import cli, flags  # noqa: E402
+from training.config import TrainConfig, add_arguments, arch_stem, check, from_args  # noqa: E402
 from training.recipe import recipe_table  # noqa: E402
 
 
@@ -42,25 +43,45 @@ def check_arch(arch):
     if isinstance(arch, dict):
         check_arch_dict(arch)
     else:
-        check_name(arch)  # UnknownModelError with the known names; nothing is built
+        arch = check_name(arch)  # the registered name (of an alias: repvgg_a0), or
+        # UnknownModelError with the known names; nothing is built
     return arch
 
 
 def parse_config(argv=None):
-    """``(TrainConfig, warnings, run name)`` from the command line, validated. The run name
-    (``RepVGG-A0``, or an arch.json's stem) names the default run folder; the config records a
-    searched architecture by content."""
-    config = from_args(build_parser().parse_args(argv))
+    """``(TrainConfig, warnings, run name, typed)`` from the command line, validated. The run
+    name (``RepVGG-A0``, or an arch.json's stem) names the default run folder; the config
+    records a searched architecture by content; ``typed`` is {field: value} of the flags given
+    (what a resumed run compares with its recorded settings)."""
+    args = build_parser().parse_args(argv)
+    config = from_args(args)
     notes = check(config)
-    return config.replace(arch=check_arch(config.arch)), notes, arch_stem(config.arch)
+    config = config.replace(arch=check_arch(config.arch))
+    typed = flags.given(TrainConfig, args)
+    if "arch" in typed:
+        typed["arch"] = config.arch
+    return config, notes, arch_stem(config.arch), typed
+
+
+def load_data(config):
+    """The run's splits and transforms (``data.splits.load_splits``) as ``config`` says."""
+    from data.augment import augment_from_name
+    from data.sources import Subset
+    from data.splits import load_splits
+
+    splits = load_splits(config.dataset, config.data, config.image_size, seed=0,
+                         eval_size=config.test_size,
+                         augment=augment_from_name(config.aa, image_size=config.image_size),
+                         val_split=config.val_split, crop_scale=config.crop_scale,
+                         hflip=config.hflip, color_jitter=config.color_jitter)
+    if config.max_val_images:
+        splits.val = Subset(splits.val, config.max_val_images)
+    return splits
 
 
 def run(config, out, folder=None):
     """One process's training (all of it on CPU or one GPU; one rank when distributed)."""
     import megengine.distributed as dist
-    from data.augment import augment_from_name
-    from data.sources import Subset
-    from data.splits import load_splits
     from training.deploy import deploy_best
     from training.logs import setup_logging
     from training.loop import Trainer
@@ -70,11 +91,7 @@ def run(config, out, folder=None):
         from megengine.functional.debug_param import set_execution_strategy
         set_execution_strategy("PROFILE")
     log = setup_logging()  # the console until the run has started
-    splits = load_splits(config.dataset, config.data, config.image_size, seed=0,
-                         eval_size=config.test_size,
-                         augment=augment_from_name(config.aa, image_size=config.image_size))
-    if config.max_val_images:
-        splits.val = Subset(splits.val, config.max_val_images)
+    splits = load_data(config)
     trainer = Trainer(config, splits, out, rank=rank, world_size=config.processes)
     trainer.start()  # --resume / --weights: may refuse; nothing is written before this
     if rank == 0:
@@ -105,24 +122,28 @@ def run(config, out, folder=None):
 
 
 def main(argv=None):
-    config, notes, name = parse_config(argv)
+    config, notes, name, typed = parse_config(argv)
     for note in notes:
         print("warning: %s" % note, file=sys.stderr)
     from training.runs import RunFolder
-    folder = RunFolder(config.output, name, config.dataset, config.resume)
-    if config.processes > 1:
-        from training.distributed import check_gpus, launch
-        check_gpus(config.ngpus, config.world_size)
-        with folder:
+    from data.splits import data_name
+    with RunFolder(config.output, name, data_name(config.dataset, config.data),
+                   config.resume) as folder:
+        if config.resume:  # the run's own settings, and the flags typed now where allowed
+            from training.state import resumed_config
+            config = resumed_config(os.path.join(folder.path, "latest.pkl"), typed,
+                                    folder.path)
+        if config.processes > 1:
+            from training.distributed import check_gpus, launch
+            check_gpus(config.ngpus, config.world_size)
             folder.started()
             launch(run, config.ngpus, config.world_size, config.rank, config.dist_addr,
                    config.dist_port, config, folder.path)
-        return 0
-    from common.device import use_device
-    device = use_device(config.device)
-    if config.amp and not device.startswith("gpu"):
-        raise cli.UserError("--amp needs a GPU (mixed precision is off on CPU)")
-    with folder:
+            return 0
+        from common.device import use_device
+        device = use_device(config.device)
+        if config.amp and not device.startswith("gpu"):
+            raise cli.UserError("--amp needs a GPU (mixed precision is off on CPU)")
         run(config, folder.path, folder)
     return 0
 

@@ -5,8 +5,9 @@
 - ``setting(default, help, ...)``: a dataclass field that carries its flag: ``--w-lr`` for
   ``w_lr`` (``--no-progress`` for a True-by-default switch, ``negate=True``), its argparse type
   (the annotation, or ``type=``: a ``cli.integer`` / ``cli.number`` check refuses an
-  out-of-range value while parsing, as the argument's one-line error), choices, metavar and
-  argument group; other keywords are kept as metadata for the record's own use.
+  out-of-range value while parsing, as the argument's one-line error), choices, metavar,
+  ``nargs`` (a flag of several values, kept as a tuple: ``--crop-scale 0.08 1``) and argument
+  group; other keywords are kept as metadata for the record's own use.
 - ``like(config_class, name, default)``: the same setting as another record's, with its own
   default (the two searches share help texts and bounds).
 - ``add_flags(parser, config_class)``: one flag per field. A flag stays None unless typed, so
@@ -55,6 +56,8 @@ def add_flags(parser, config_class, help=None):
             kwargs["action"] = "store_false" if m["negate"] else "store_true"
         else:
             kwargs.update(type=_type(field), choices=m["choices"], metavar=m["metavar"])
+            if m.get("nargs"):
+                kwargs["nargs"] = m["nargs"]
             if field.default is not None:
                 text = "%s (default: %s)" % (text, field.default)
         if m["group"] not in groups:
@@ -65,6 +68,8 @@ def add_flags(parser, config_class, help=None):
 
 
 def given(config_class, args):
-    """{field: value} of the flags of ``config_class`` that the user typed."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)
-            if getattr(args, f.name, None) is not None}
+    """{field: value} of the flags of ``config_class`` that the user typed (a flag of several
+    values as a tuple)."""
+    typed = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)
+             if getattr(args, f.name, None) is not None}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in typed.items()}

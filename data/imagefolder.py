@@ -17,7 +17,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".t
 
 
 class ImageFolderSource:
-    def __init__(self, folder, classes=None):
+    decodes_files = True
+
+    def __init__(self, folder, classes=None, known_as="train split"):
         if not os.path.isdir(folder):
             raise DataError("missing folder %s" % folder)
         found = sorted(d for d in os.listdir(folder)
@@ -30,8 +32,8 @@ class ImageFolderSource:
         else:
             unknown = sorted(set(found) - set(classes))
             if unknown:
-                raise DataError("%s has classes the train split does not have: %s"
-                                % (folder, ", ".join(unknown[:5])))
+                raise DataError("%s has classes the %s does not have: %s"
+                                % (folder, known_as, ", ".join(unknown[:5])))
         self.classes = tuple(classes)
         index = {c: i for i, c in enumerate(self.classes)}
         paths, labels = [], []
@@ -58,10 +60,18 @@ class ImageFolderSource:
         return read_rgb(self.paths[i])
 
 
-def load_image_folder(root):
-    """``(train_source, val_source)`` for ``root/train`` and ``root/val``."""
+def load_image_folder(root, train=True, val=True, classes=None):
+    """``(train_source, val_source)`` for ``root/train`` and ``root/val``; a split not asked
+    for is None and its folder need not exist (evaluation reads val/ alone). ``classes`` (a
+    model's, in its order) label the images; by default train/'s sub-folders do."""
     if not os.path.isdir(root):
         raise DataError("data folder not found: %s" % root)
-    train = ImageFolderSource(os.path.join(root, "train"))
-    val = ImageFolderSource(os.path.join(root, "val"), classes=train.classes)
-    return train, val
+    train_source = val_source = None
+    if train:
+        train_source = ImageFolderSource(os.path.join(root, "train"), classes,
+                                         known_as="model")
+    if val:
+        known = train_source.classes if train_source else classes
+        val_source = ImageFolderSource(os.path.join(root, "val"), known,
+                                       known_as="train split" if train_source else "model")
+    return train_source, val_source

@@ -37,6 +37,7 @@ from megengine.data.dataset import Dataset
 from megengine.data.sampler import MapSampler
 
 from common.children import Child
+from common.cpus import cpu_count
 from common.lifeline import set_parent_death_signal
 
 from .images import UnreadableImage
@@ -236,6 +237,24 @@ class CheckedLoader:
                 raise DataError("no readable image in %s (all %d files failed to decode)"
                                 % (self.source.name, len(self.source)))
             yield batch
+
+
+def default_workers(source, gpu=False, cpus=None):
+    """Loader workers when ``--workers`` is not given, for ``source`` on a run that may use
+    ``cpus`` CPUs (``common.cpus.cpu_count``: the affinity mask), training on a GPU or not.
+
+    Data in memory (digits, CIFAR): 0; a worker would only copy arrays, after a fork. Image
+    files: on a GPU the CPUs are free to decode, so ``cpus - 1`` workers (at most 8). On the
+    CPU device MegEngine's compute already runs a thread on every usable CPU, so a worker only
+    takes time from it and costs a fork per loader per epoch: measured on 2 CPUs (a 64 px
+    image folder, docs/training.md), 0 workers was the fastest, so up to 4 CPUs it is 0;
+    beyond, a quarter of the CPUs decode (at most 8; not measured here)."""
+    cpus = cpu_count() if cpus is None else cpus
+    if not getattr(source, "decodes_files", False):
+        return 0
+    if gpu:
+        return max(0, min(8, cpus - 1))
+    return 0 if cpus <= 4 else min(8, cpus // 4)
 
 
 def make_loader(source, transform, batch_size, shuffle, seed=0, workers=0, world_size=1,

@@ -12,7 +12,7 @@ exported models); the resize, crop and normalisation arithmetic below is that mo
 """
 import math
 
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 from deploy import preprocess as P
 from deploy.preprocess import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported)
@@ -67,6 +67,23 @@ class RandomHorizontalFlip:
 
     def __call__(self, image, rng):
         return image.transpose(Image.FLIP_LEFT_RIGHT) if rng.uniform() < self.p else image
+
+
+class ColorJitter:
+    """timm's / torchvision's ``ColorJitter(s, s, s)`` (``--color-jitter S``): brightness,
+    contrast and saturation each scaled by a factor drawn from [max(0, 1 - S), 1 + S], in a
+    random order, with PIL's enhance operations (hue unchanged, as timm's default)."""
+
+    OPS = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
+
+    def __init__(self, strength):
+        self.strength = strength
+
+    def __call__(self, image, rng):
+        low, high = max(0.0, 1.0 - self.strength), 1.0 + self.strength
+        for k in rng.permutation(len(self.OPS)):
+            image = self.OPS[k](image).enhance(rng.uniform(low, high))
+        return image
 
 
 class RandomShift:
@@ -125,11 +142,19 @@ class Preprocess:
         return P.prepare(image, self.spec)
 
 
-def imagenet_train(size, augment=None):
-    """The official recipe's training augmentation: random resized crop, flip, then the
-    optional ``augment`` (AutoAugment / RandAugment, ``data.augment``), normalise."""
-    return Compose([RandomResizedCrop(size), RandomHorizontalFlip()]
-                   + ([augment] if augment else []) + [ToCHW()])
+def _optional(flip, color_jitter, augment):
+    """The optional steps, in timm's order: flip, colour jitter, the ``augment`` policy."""
+    return (([RandomHorizontalFlip(flip)] if flip else [])
+            + ([ColorJitter(color_jitter)] if color_jitter else [])
+            + ([augment] if augment else []))
+
+
+def imagenet_train(size, augment=None, scale=None, flip=0.5, color_jitter=0.0):
+    """The official recipe's training augmentation: random resized crop (area ``scale``,
+    default (0.08, 1)), flip with probability ``flip``, then the optional colour jitter and
+    ``augment`` (AutoAugment / RandAugment, ``data.augment``), normalise."""
+    crop = RandomResizedCrop(size, scale=tuple(scale) if scale else (0.08, 1.0))
+    return Compose([crop] + _optional(flip, color_jitter, augment) + [ToCHW()])
 
 
 def imagenet_eval(size):
@@ -137,16 +162,14 @@ def imagenet_eval(size):
     return Preprocess(P.imagenet_spec(size))
 
 
-def small_train(size, flip=True, pad=None, augment=None):
-    """For small low-resolution images (CIFAR, digits): shift by up to size/8 pixels, optional
-    flip, the optional ``augment`` policy, normalise to [-1, 1]. Images not already ``size`` x
-    ``size`` are resized (shorter side) and centre-cropped first."""
+def small_train(size, flip=0.5, pad=None, augment=None, color_jitter=0.0):
+    """For small low-resolution images (CIFAR, digits): shift by up to size/8 pixels, a flip
+    with probability ``flip`` (0: none), the optional colour jitter and ``augment`` policy,
+    normalise to [-1, 1]. Images not already ``size`` x ``size`` are resized (shorter side)
+    and centre-cropped first."""
     steps = [Resize(size), CenterCrop(size), RandomShift(pad if pad is not None else max(1, size // 8))]
-    if flip:
-        steps.append(RandomHorizontalFlip())
-    if augment:
-        steps.append(augment)
-    return Compose(steps + [ToCHW((0.5,) * 3, (0.5,) * 3)])
+    return Compose(steps + _optional(flip, color_jitter, augment)
+                   + [ToCHW((0.5,) * 3, (0.5,) * 3)])
 
 
 def small_eval(size):

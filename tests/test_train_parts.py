@@ -158,7 +158,7 @@ def test_recipe_precedence_dataset_then_recipe_then_flags():
     config, *_ = _config("--recipe", "table5")
     for key, value in RECIPES["table5"].items():
         assert getattr(config, key) == value, key
-    assert config.workers == DATASET_DEFAULTS["digits"]["workers"]  # not a recipe knob
+    assert config.hflip == DATASET_DEFAULTS["digits"]["hflip"] == 0  # not a recipe knob
     config, *_ = _config("--recipe", "table5", "--lr", "0.05", "--aa", "none")
     assert (config.lr, config.aa, config.mixup) == (0.05, "none", 0.2)
 
@@ -253,7 +253,7 @@ def _error_of(argv, capsys):
         cli.run(train.main, argv)
     err = capsys.readouterr().err
     lines = [l for l in err.splitlines() if l.strip()]
-    assert exit_.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert exit_.value.code == 1 and len(lines) == 1 and lines[0].startswith("error: "), err
     return lines[0]
 
 
@@ -294,7 +294,7 @@ def test_warmup_longer_than_the_run_is_warned(capsys, tmp_path):
 
 
 def test_warmup_warning_text():
-    _, notes, _ = _config("--epochs", "2", "--warmup-epochs", "5")
+    _, notes, *_ = _config("--epochs", "2", "--warmup-epochs", "5")
     assert notes == ["--warmup-epochs 5 >= --epochs 2: the whole run is warm-up (the learning "
                      "rate never decays)"]
     assert _config("--epochs", "2", "--warmup-epochs", "1")[1] == []

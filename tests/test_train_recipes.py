@@ -11,8 +11,6 @@ import megengine as mge
 import train
 from common.checkpoint import load_checkpoint
 from data.augment import AutoAugment, OfficialRandAug
-from data.sources import Subset
-from data.splits import load_splits
 from training.loop import Trainer
 from training.recipe import RECIPES
 from training.schedule import lr_at
@@ -23,13 +21,8 @@ SMALL = ["--image-size", "16", "--eval-image-size", "16", "--batch-size", "8", "
 
 
 def make_trainer(out, *argv):
-    from data.augment import augment_from_name
     config, *_ = train.parse_config(list(argv))
-    splits = load_splits(config.dataset, config.data, config.image_size,
-                         eval_size=config.test_size,
-                         augment=augment_from_name(config.aa, image_size=config.image_size))
-    splits.val = Subset(splits.val, config.max_val_images)
-    return Trainer(config, splits, str(out))
+    return Trainer(config, train.load_data(config), str(out))
 
 
 def transform_steps(trainer):

@@ -65,7 +65,12 @@ class TrainConfig:
     batch_size: int = knob(None, _per_dataset("batch_size", "images per step per process"),
                            resume_check=True)
     lr: float = knob(None, _per_dataset("lr", "peak learning rate (cosine decay to 0 per "
-                                        "step)"), resume_check=True)
+                                        "step), as given: not scaled with the batch"),
+                     resume_check=True)
+    lr_per_256: Optional[float] = knob(None, "instead of --lr: the peak learning rate per 256 "
+                                       "images (timm's --lr-base), scaled to the global batch: "
+                                       "lr = LR_PER_256 x batch x processes / 256 (printed)",
+                                       resume_check=True)
     warmup_epochs: float = knob(None, _per_dataset("warmup_epochs", "linear warm-up length in "
                                                    "epochs"), resume_check=True)
     weight_decay: float = knob(None, _per_dataset("weight_decay", "L2 weight decay (not on "
@@ -78,11 +83,23 @@ class TrainConfig:
     eval_image_size: int = knob(0, "evaluation resolution (0 = --image-size); recorded in "
                                 "best.pkl/deploy.pkl as the model's input size",
                                 resume_check=True)
-    workers: int = knob(None, _per_dataset("workers", "data loader worker processes (0 = in "
-                                           "the main process)"))
+    workers: Optional[int] = knob(None, "data loader worker processes (0 = in the main "
+                                  "process); default: from the data and the CPUs this process "
+                                  "may use (data.loader.default_workers, docs/training.md)")
     aa: str = knob("none", "AutoAugment / RandAugment policy on training images: none, autoaug "
                    "(the paper's ImageNet policy), rand-m9-mstd0.5-style RandAugment, raugN "
                    "(the official repository's RandAugment, magnitude N)", resume_check=True)
+    crop_scale: tuple = knob((0.08, 1.0), "random-resized-crop area range of image folders "
+                             "(timm's --scale)", resume_check=True, type=float, nargs=2,
+                             metavar=("MIN", "MAX"))
+    hflip: float = knob(None, _per_dataset("hflip", "horizontal flip probability"),
+                        resume_check=True)
+    color_jitter: float = knob(0.0, "colour jitter strength S: brightness, contrast and "
+                               "saturation factors in [1-S, 1+S] (timm's --color-jitter; "
+                               "0 = off)", resume_check=True)
+    val_split: float = knob(0.0, "hold out this fraction of the train split (stratified, the "
+                            "same images in every run) as the validation split instead of "
+                            "val/ (0 = use val/)", resume_check=True, metavar="FRACTION")
     mixup: float = knob(0.0, "mixup alpha (0 = off); targets become soft, label smoothing is "
                         "applied inside them", resume_check=True)
     cutmix: float = knob(0.0, "CutMix alpha (0 = off)", resume_check=True)
@@ -179,7 +196,18 @@ def from_args(args):
         values.update(RECIPES[given["recipe"]])
     values.update(given)
     values["dataset"] = dataset
-    return TrainConfig(**values)
+    config = TrainConfig(**values)
+    if config.lr_per_256 is not None:  # timm's rule: linear in the global batch
+        if "lr" in given:
+            raise ConfigError("give --lr (absolute) or --lr-per-256 (scaled to the batch), "
+                              "not both")
+        config = config.replace(lr=scaled_lr(config.lr_per_256, config))
+    return config
+
+
+def scaled_lr(per_256, config):
+    """``--lr-per-256``'s learning rate for this run's global batch."""
+    return per_256 * config.batch_size * config.processes / 256.0
 
 
 def check(config):
@@ -193,7 +221,9 @@ def check(config):
     for name in ("epochs", "batch_size", "eval_batch_size", "ema_update_period"):
         need(getattr(c, name) >= 1, "--%s must be at least 1 (got %s)"
              % (name.replace("_", "-"), getattr(c, name)))
-    for name in ("workers", "max_steps_per_epoch", "max_val_images", "warmup_epochs",
+    need(c.workers is None or c.workers >= 0, "--workers cannot be negative (got %s)"
+         % c.workers)
+    for name in ("max_steps_per_epoch", "max_val_images", "warmup_epochs",
                  "weight_decay", "bias_lr_mult", "mixup", "cutmix"):
         need(getattr(c, name) >= 0, "--%s cannot be negative (got %s)"
              % (name.replace("_", "-"), getattr(c, name)))
@@ -202,6 +232,16 @@ def check(config):
          "--eval-image-size must be 0 (= --image-size) or at least 16 (got %d)"
          % c.eval_image_size)
     need(c.lr > 0, "--lr must be positive (got %g)" % c.lr)
+    need(c.lr_per_256 is None or c.lr_per_256 > 0, "--lr-per-256 must be positive (got %s)"
+         % c.lr_per_256)
+    need(0 < c.crop_scale[0] <= c.crop_scale[1] <= 1, "--crop-scale MIN MAX needs 0 < MIN <= "
+         "MAX <= 1 (got %g %g)" % tuple(c.crop_scale))
+    need(0 <= c.hflip <= 1, "--hflip must be a probability in [0, 1] (got %g)" % c.hflip)
+    need(c.color_jitter >= 0, "--color-jitter cannot be negative (got %g)" % c.color_jitter)
+    need(c.dataset == "imagenet" or tuple(c.crop_scale) == (0.08, 1.0), "--crop-scale applies "
+         "to image folders (their random resized crop); digits and CIFAR are shifted instead")
+    need(0 <= c.val_split < 1, "--val-split must be a fraction in [0, 1) (got %g)"
+         % c.val_split)
     need(0 <= c.momentum < 1, "--momentum must be in [0, 1) (got %g)" % c.momentum)
     need(0 <= c.label_smoothing < 1, "--label-smoothing must be in [0, 1) (got %g)"
          % c.label_smoothing)

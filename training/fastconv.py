@@ -26,7 +26,7 @@ and autodiff differentiates it: MegEngine's CPU conv kernels are 8-17x slower th
 
 All routes equal MegEngine's own gradients to float rounding (tests/test_fastconv.py, also
 against finite differences). Eligible: groups == 1, dilation 1, zero padding. Weights, names
-and checkpoints are unchanged.
+and checkpoints are unchanged. ``enable`` changes nothing on a GPU device (cuDNN is used).
 """
 import functools
 
@@ -177,9 +177,24 @@ def eligible(module):
             and tuple(pair(module.dilation)) == (1, 1) and module.padding_mode == "zeros")
 
 
-def enable(model):
-    """Route the gradients of ``model``'s eligible convs as above; returns the number of convs
-    changed."""
+def on_cpu(device=None):
+    """Whether ``device`` (default: MegEngine's default device) computes on the CPU; MegEngine's
+    ``xpux`` is the GPU when CUDA is usable."""
+    from common.device import cuda_available
+
+    device = mge.get_default_device() if device is None else device
+    if device.startswith("xpu"):
+        return not cuda_available()
+    return not device.startswith("gpu")
+
+
+def enable(model, device=None):
+    """Route the gradients of ``model``'s eligible convs as above, on a CPU ``device`` only
+    (default: MegEngine's default device): the routes work around MegEngine's CPU kernels, and
+    on a GPU cuDNN's own convolutions are the fast ones. Returns the number of convs changed
+    (0 on a GPU)."""
+    if not on_cpu(device):
+        return 0
     count = 0
     for _, module in model.named_modules():
         if eligible(module):

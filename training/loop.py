@@ -11,7 +11,6 @@ import random
 import time
 
 import numpy as np
-from tqdm import tqdm
 
 import megengine as mge
 import megengine.distributed as dist
@@ -19,11 +18,14 @@ from megengine.autodiff import GradManager
 
 from common.checkpoint import save_checkpoint
 from common.evaluation import evaluate
+from common.progress import progress
 from errors import UserError
-from data.loader import make_loader
+from data.loader import default_workers, make_loader
+from data.splits import data_name
 from model.checkpoint import arch_label, build_model, checkpoint_dict, numpy_state_dict
 
 from . import state as train_state
+from .fastconv import on_cpu
 from .metrics import MetricsCSV, plot_curves
 from .optimizer import build_sgd, set_lr
 from .schedule import lr_at
@@ -40,6 +42,13 @@ EXPLODING = 100.0
 class TrainingDiverged(UserError):
     """The loss became NaN, infinite or exploded; the run stops, keeping the last good
     checkpoint."""
+
+
+def better(acc1, loss, than_acc1, than_loss):
+    """Whether a model with val top-1 ``acc1`` and loss ``loss`` beats another: the higher
+    top-1, and on a tie the lower loss (an untrained first epoch can tie a trained one on a
+    few-class data set, with a loss thousands of times higher)."""
+    return acc1 > than_acc1 or (acc1 == than_acc1 and loss < than_loss)
 
 
 def seed_everything(seed):
@@ -77,13 +86,15 @@ class Trainer:
             0.0 if self.mixer is not None else config.label_smoothing,
             extra=self.custom_l2 if config.custwd else None)
         self.step_fn = TrainStep(self.model, self.optimizer, self.loss_fn, self.gm)
+        self.workers = (default_workers(splits.train, gpu=not on_cpu()) if config.workers is None
+                        else config.workers)
         self.train_loader, self.train_sampler = make_loader(
             splits.train, splits.train_transform, config.batch_size, shuffle=True,
-            seed=config.seed, workers=config.workers, world_size=world_size, rank=rank,
+            seed=config.seed, workers=self.workers, world_size=world_size, rank=rank,
             drop_last=True)
         self.val_loader, _ = make_loader(splits.val, splits.eval_transform,
                                          config.eval_batch_size, shuffle=False,
-                                         workers=config.workers)
+                                         workers=self.workers)
         full = len(self.train_sampler)
         self.steps_per_epoch = min(full, config.max_steps_per_epoch or full)
         self.total_steps = self.steps_per_epoch * config.epochs
@@ -96,8 +107,9 @@ class Trainer:
                 config.ema_alpha, config.batch_size * world_size, config.epochs,
                 config.ema_update_period, config.warmup_epochs)
         self.epoch = self.step = self.best_epoch = 0
-        self.best_acc1 = -1.0
+        self.best_acc1, self.best_loss = -1.0, math.inf
         self.skip_warned = set()
+        self.data_name = data_name(config.dataset, config.data)
 
     # -- files -------------------------------------------------------------------------------
     def path(self, name):
@@ -111,6 +123,7 @@ class Trainer:
                                         self.ema)
             self.epoch, self.step = state["epoch"], state["step"]
             self.best_acc1, self.best_epoch = state["best_acc1"], state["best_epoch"]
+            self.best_loss = state.get("best_val_loss", math.inf)  # older runs recorded none
             log.info("resumed from %s: %d epochs done, %d optimizer steps, best top-1 %.2f%%",
                      latest, self.epoch, self.step, self.best_acc1)
         elif self.config.weights:
@@ -123,21 +136,28 @@ class Trainer:
                      " (classifier reset: %s)" % ", ".join(kept) if kept else "")
 
     def data_info(self):
-        """What eval/predict need to prepare inputs like this run did."""
+        """What eval/predict need to prepare inputs like this run did, and where its data
+        is: ``data`` (the folder, absolute; None for the built-in digits) and ``val_split``
+        (the held-out fraction of its train split, which tools/eval.py holds out again)."""
+        data = self.config.data
         return {"classes": list(self.splits.classes), "dataset": self.config.dataset,
                 "image_size": self.config.test_size,
-                "preprocess": self.splits.eval_transform.spec.to_dict()}
+                "preprocess": self.splits.eval_transform.spec.to_dict(),
+                "data": os.path.abspath(data) if data else None,
+                "val_split": self.config.val_split}
 
     def save(self, best_model=None, best_weights="raw"):
         """latest.pkl every epoch; best.pkl from ``best_model`` when this epoch is the best."""
         if best_model is not None:  # before latest: a kill in between just repeats this epoch
             best = checkpoint_dict(numpy_state_dict(best_model), self.config.arch, "train",
                                    epoch=self.epoch, val_acc1=self.best_acc1,
+                                   val_loss=self.best_loss,
                                    weights=best_weights, **self.data_info())
             save_checkpoint(best, self.path("best.pkl"))
         train_state.save(self.path("latest.pkl"), self.model, self.optimizer, self.config,
                          epoch=self.epoch, step=self.step, best_acc1=self.best_acc1,
-                         best_epoch=self.best_epoch, ema=self.ema, **self.data_info())
+                         best_epoch=self.best_epoch, best_val_loss=self.best_loss, ema=self.ema,
+                         **self.data_info())
 
     # -- one epoch ---------------------------------------------------------------------------
     def note_skipped(self, skipped):
@@ -182,9 +202,10 @@ class Trainer:
         model.train()
         mge.random.seed(config.seed * 100003 + self.epoch)
         self.train_sampler.set_epoch(self.epoch)
-        bar = tqdm(total=self.steps_per_epoch, desc="epoch %d/%d" % (self.epoch + 1,
-                                                                   config.epochs),
-                   disable=not (self.main and config.progress), dynamic_ncols=True)
+        # off a terminal: a plain line now and then; the epoch's log line follows anyway
+        bar = progress(total=self.steps_per_epoch, unit="step", leave=False,
+                       desc="epoch %d/%d" % (self.epoch + 1, config.epochs),
+                       enabled=self.main and config.progress)
         seen = loss_sum = correct = skipped = 0
         start = time.time()
         try:  # closed also on Ctrl-C, so "interrupted" gets its own line
@@ -233,9 +254,14 @@ class Trainer:
         csv = MetricsCSV(self.path("metrics.csv"), self.epoch) if self.main else None
         if self.epoch == 0 and self.main:
             log.info("%s on %s: %d train / %d val images, %d classes, %d steps per epoch, "
-                     "%d epochs", arch_label(config.arch), config.dataset,
+                     "%d epochs, %d loader workers", arch_label(config.arch), self.data_name,
                      len(self.splits.train), len(self.splits.val), self.num_classes,
-                     self.steps_per_epoch, config.epochs)
+                     self.steps_per_epoch, config.epochs, self.workers)
+            batch = config.batch_size * self.world_size
+            log.info("learning rate %.4g for a global batch of %d: %.4g per 256 images%s",
+                     config.lr, batch, config.lr * 256.0 / batch,
+                     " (--lr-per-256)" if config.lr_per_256 is not None else
+                     " (--lr is absolute; --lr-per-256 scales it to the batch)")
         while self.epoch < config.epochs:
             row = self.train_epoch()
             if not self.main:
@@ -246,17 +272,18 @@ class Trainer:
             row["val_loss"], row["val_acc1"], row["val_acc5"] = val.loss, val.top1, val.top5
             self.check_divergence(row)
             self.epoch += 1
-            best_model, best_weights, acc1 = self.model, "raw", row["val_acc1"]
+            best_model, best_weights = self.model, "raw"
+            acc1, loss = row["val_acc1"], row["val_loss"]
             if self.ema is not None:
                 val = evaluate(self.ema.module, self.val_loader, self.splits.val,
                                config.label_smoothing, desc="val (EMA)", progress=config.progress)
                 row["ema_val_loss"], row["ema_val_acc1"], row["ema_val_acc5"] = (
                     val.loss, val.top1, val.top5)
-                if row["ema_val_acc1"] > acc1:
-                    best_model, best_weights, acc1 = self.ema.module, "ema", row["ema_val_acc1"]
-            is_best = acc1 > self.best_acc1
+                if better(val.top1, val.loss, acc1, loss):
+                    best_model, best_weights, acc1, loss = self.ema.module, "ema", val.top1, val.loss
+            is_best = better(acc1, loss, self.best_acc1, self.best_loss)
             if is_best:
-                self.best_acc1, self.best_epoch = acc1, self.epoch
+                self.best_acc1, self.best_loss, self.best_epoch = acc1, loss, self.epoch
             self.save(best_model if is_best else None, best_weights)
             row.update(epoch=self.epoch, step=self.step)
             csv.append(row)
@@ -269,6 +296,6 @@ class Trainer:
                      "  (%d unreadable images skipped)" % row["skipped_images"]
                      if row["skipped_images"] else "")
             plot_curves(self.path("metrics.csv"), self.path("curves.png"),
-                        "%s on %s" % (arch_label(config.arch), config.dataset),
+                        "%s on %s" % (arch_label(config.arch), self.data_name),
                         self.num_classes)
         return self.step

@@ -43,11 +43,11 @@ which none of the commands above uses (their presets replace it, data/build.py:1
 
 DATASET_DEFAULTS = {
     "imagenet": dict(epochs=120, batch_size=256, lr=0.1, warmup_epochs=5, weight_decay=1e-4,
-                     label_smoothing=0.1, image_size=224, workers=8),
+                     label_smoothing=0.1, image_size=224, hflip=0.5),
     "cifar": dict(epochs=200, batch_size=128, lr=0.1, warmup_epochs=5, weight_decay=5e-4,
-                  label_smoothing=0.0, image_size=32, workers=4),
+                  label_smoothing=0.0, image_size=32, hflip=0.5),
     "digits": dict(epochs=12, batch_size=32, lr=0.02, warmup_epochs=1, weight_decay=1e-4,
-                   label_smoothing=0.0, image_size=32, workers=0),
+                   label_smoothing=0.0, image_size=32, hflip=0.0),
 }
 
 _IMAGENET = dict(batch_size=256, lr=0.1, image_size=224, eval_image_size=0, cutmix=0.0,

@@ -84,9 +84,10 @@ class RunFolder:
         if self.resume:
             newest = newest_run(self.arch, self.dataset, self.root)
             if newest is None:
-                raise UserError("--resume: no run to continue in %s (nothing to resume; run "
-                                "without --resume to start)"
-                                % candidates(self.arch, self.dataset, self.root)[0] + "*")
+                raise UserError("--resume: no run to continue in %s or its -2, -3 ... "
+                                "(nothing to resume; run without --resume to start, or name "
+                                "the run with --output DIR)"
+                                % candidates(self.arch, self.dataset, self.root)[0])
             try:
                 self._take(newest)
             except BaseException:

@@ -3,13 +3,14 @@
 A training checkpoint (``latest.pkl``) is a ``model.checkpoint.checkpoint_dict`` (``arch``,
 ``form``, ``num_classes``, ``state_dict``) plus ``optimizer`` (MegEngine's optimizer state:
 momentum buffers and param groups), ``epoch`` (epochs completed), ``step`` (optimizer steps
-taken), ``best_acc1``, ``best_epoch``, ``rng`` (numpy's and Python's global generator states),
-``ema`` (the weight average's state, when EMA is on) and ``config`` (``TrainConfig`` as a dict,
-used to refuse resuming with a different recipe). The data order, augmentation and mixing are
+taken), ``best_acc1``, ``best_epoch``, ``best_val_loss`` (best.pkl's, the tie-break), ``rng``
+(numpy's and Python's global generator states), ``ema`` (the weight average's state, when EMA is on) and ``config`` (``TrainConfig`` as a dict:
+``--resume`` continues with it, ``resumed_config``). The data order, augmentation and mixing are
 functions of (seed, epoch, index) and MegEngine's generator is re-seeded from (seed, epoch) at
 every epoch start, so these suffice to continue exactly.
 """
 import random
+from dataclasses import fields
 
 import numpy as np
 
@@ -20,16 +21,18 @@ from errors import CheckpointError
 from model.checkpoint import (check_shapes, checkpoint_dict, detect_form, expected_shapes,
                               load_weights, numpy_state_dict, state_dict_of)
 
-from .config import resume_fields
+from .config import TrainConfig, resume_fields
+from .recipe import dataset_defaults
 
 
-def capture(model, optimizer, config, *, epoch, step, best_acc1, best_epoch, ema=None,
-            **metadata):
+def capture(model, optimizer, config, *, epoch, step, best_acc1, best_epoch,
+            best_val_loss=float("inf"), ema=None, **metadata):
     state = checkpoint_dict(numpy_state_dict(model), config.arch, "train", **metadata)
     np_state = np.random.get_state()
     state.update(
         optimizer=optimizer.state_dict(), epoch=int(epoch), step=int(step),
         best_acc1=float(best_acc1), best_epoch=int(best_epoch),
+        best_val_loss=float(best_val_loss),
         rng={"numpy": list(np_state), "python": list(random.getstate())},
         config=config.as_dict())
     if ema is not None:
@@ -52,12 +55,40 @@ def changed_settings(saved, config):
             if k in saved and saved[k] != current[k]]
 
 
-def restore(path, model, optimizer, config, ema=None):
-    """Load ``path`` into model, optimizer (and EMA); returns the checkpoint dict."""
+def _training_state(path):
     state = load_checkpoint(path)
     if not isinstance(state, dict) or "optimizer" not in state or "epoch" not in state:
         raise CheckpointError("%s is not a training checkpoint from train.py (no optimizer "
                               "state); to fine-tune from weights use --weights" % path)
+    return state
+
+
+def resumed_config(path, typed, output):
+    """``--resume``: the settings recorded in ``path`` (a latest.pkl), with the flags typed
+    now (``typed``: ``common.flags.given``) on top. A typed flag of a field the run must keep
+    (``resume_fields``) has to equal the recorded value, else one ``CheckpointError`` names
+    every such flag; the others (``--workers``, ``--device``, ``--no-progress`` ...) apply.
+    So ``--resume --output DIR`` alone continues any run, whatever data set and recipe it
+    used. A recorded field that an older train.py did not have takes its default."""
+    saved = _training_state(path).get("config")
+    if not isinstance(saved, dict):
+        raise CheckpointError("%s records no settings to resume with" % path)
+    known = {f.name for f in fields(TrainConfig)}
+    values = dict(dataset_defaults(saved.get("dataset", "digits")))
+    values.update((k, _tuple(v)) for k, v in saved.items() if k in known)
+    changed = ["--%s %r -> %r" % (k.replace("_", "-"), values.get(k), typed[k])
+               for k in resume_fields() if k in typed and typed[k] != values.get(k)]
+    if changed:
+        raise CheckpointError("cannot resume %s with different settings: %s (leave them out to "
+                              "keep the run's own, or start a new --output)"
+                              % (path, "; ".join(changed)))
+    values.update(typed, resume=True, output=output)
+    return TrainConfig(**values)
+
+
+def restore(path, model, optimizer, config, ema=None):
+    """Load ``path`` into model, optimizer (and EMA); returns the checkpoint dict."""
+    state = _training_state(path)
     changed = changed_settings(state.get("config", {}), config)
     if changed:
         raise CheckpointError("cannot resume %s with different settings: %s (resume with the "
