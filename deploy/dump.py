@@ -83,20 +83,24 @@ def trace_model(forward, example_input):
     def graph(data):
         return forward(data)
 
-    out = graph(mge.tensor(np.asarray(example_input, np.float32))).numpy()
-    return graph, out
+    out = graph(mge.tensor(np.asarray(example_input, np.float32)))
+    if isinstance(out, (list, tuple)):  # a features model: one tensor per output
+        return graph, [o.numpy() for o in out]
+    return graph, out.numpy()
 
 
-def write_graph(graph, file, graph_options=DEFAULT_OPTIONS, user_info=None):
+def write_graph(graph, file, graph_options=DEFAULT_OPTIONS, user_info=None,
+                output_names=(OUTPUT_NAME,)):
     """Dump a traced graph to ``file`` (a path or a binary file object) with the named graph
-    options (``GRAPH_OPTIONS``); ``user_info`` (a string) is stored in the file's metadata."""
+    options (``GRAPH_OPTIONS``); ``user_info`` (a string) is stored in the file's metadata;
+    ``output_names``: one per output of the traced function (a features model has several)."""
     try:
         kwargs = dict(GRAPH_OPTIONS[graph_options])
     except KeyError:
         raise UserError("unknown graph options %r; known: %s"
                         % (graph_options, ", ".join(GRAPH_OPTIONS))) from None
     optimize = kwargs.pop("optimize_for_inference", True)
-    graph.dump(file, arg_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+    graph.dump(file, arg_names=[INPUT_NAME], output_names=list(output_names),
                optimize_for_inference=optimize, user_info=user_info, **kwargs)
 
 

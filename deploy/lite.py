@@ -84,6 +84,8 @@ class DumpedModel:
                                  % (path, len(names), ", ".join(names)))
         self._input = self.network.get_io_tensor(names[0])
         self._output = self.network.get_io_tensor(self.network.get_output_name(0))
+        self._outputs = [self.network.get_io_tensor(name)
+                         for name in self.network.get_all_output_name()]
         layout = self._input.layout
         self.input_shape = tuple(int(s) for s in layout.shapes[:layout.ndim])
         if len(self.input_shape) != 4:
@@ -101,6 +103,12 @@ class DumpedModel:
         self.network.forward()
         self.network.wait()
         return self._output.to_numpy().copy()
+
+    def run_all(self, batch):
+        """Every output of the graph, in order, as numpy arrays (a features model has one per
+        stage; ``__call__`` returns the first)."""
+        self(batch)
+        return [t.to_numpy().copy() for t in self._outputs]
 
 
 def read_user_info(path):

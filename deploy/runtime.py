@@ -80,6 +80,7 @@ class OnnxModel:
             raise ModelFileError("%s takes %d input(s) %s; expected one (N, 3, H, W) batch"
                                  % (path, len(inputs), [i.shape for i in inputs]))
         self._input, self._output = inputs[0].name, outputs[0].name
+        self._outputs = [o.name for o in outputs]
         self.input_shape = tuple(d if isinstance(d, int) else 1 for d in inputs[0].shape)
         last = outputs[0].shape[-1] if outputs[0].shape else None
         self.num_classes = last if isinstance(last, int) else None
@@ -92,6 +93,11 @@ class OnnxModel:
         if self.num_classes is None:
             self.num_classes = out.shape[-1]
         return out
+
+    def run_all(self, batch):
+        """Every output of the graph, in order (a features model has one per stage)."""
+        return self.session.run(self._outputs, {self._input: checked_batch(batch,
+                                                                         self.input_shape)})
 
 
 PRECISIONS = ("fp32", "bf16")
