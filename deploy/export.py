@@ -46,11 +46,53 @@ class Source:
     spec: preprocess.PreprocessSpec
     spec_note: str = None    # set when the spec was not recorded (ImageNet's assumed)
     classes: list = None
+    # a features or dense model: [{"name", "channels", "reduction"}] per output, in order
+    # (a classifier has none: one (N, classes) output named dump.OUTPUT_NAME)
+    outputs: list = None
+    graph_onnx: bool = False  # ONNX from the traced graph (onnx_graph), not the module walk
 
     def metadata(self, input_shape):
-        return {"arch": self.arch, "classes": self.classes, "preprocess": self.spec.to_dict(),
-                "preprocess_note": self.spec_note, "input_shape": list(input_shape),
-                "form_in": "train" if self.train is not None else "deploy"}
+        metadata = {"arch": self.arch, "classes": self.classes,
+                    "preprocess": self.spec.to_dict() if self.spec else None,
+                    "preprocess_note": self.spec_note, "input_shape": list(input_shape),
+                    "form_in": "train" if self.train is not None else "deploy"}
+        if self.outputs:
+            metadata["outputs"] = [dict(o) for o in self.outputs]
+        return metadata
+
+    def output_names(self):
+        return [o["name"] for o in self.outputs] if self.outputs else [dump.OUTPUT_NAME]
+
+    def eager(self, model, x):
+        """``model``'s output on ``x``: a list of arrays for a features model, else the
+        logits."""
+        import megengine as mge
+
+        out = model(mge.tensor(x))
+        if not self.outputs:
+            return out.numpy()
+        from model.parity import named_outputs
+
+        return [array for _, array in named_outputs(out)]
+
+
+class FlatOutputs:
+    """``module``'s outputs (a tensor, or a list / tuple / dict of them) as a flat list, the
+    form a traced graph with several named outputs returns."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __call__(self, x):
+        return _flat(self.module(x))
+
+
+def _flat(out):
+    if isinstance(out, dict):
+        return [t for value in out.values() for t in _flat(value)]
+    if isinstance(out, (list, tuple)):
+        return [t for value in out for t in _flat(value)]
+    return [out]
 
 
 def build_model(load=None, arch=None, num_classes=1000, size=None):
@@ -84,12 +126,13 @@ def build_model(load=None, arch=None, num_classes=1000, size=None):
 
 def check_exported(run, x, references, what, tolerance=None):
     """Compare ``run(x)`` with each ``(name, expected_output)``; ``ExportCheckError`` on a
-    mismatch. Returns the ``model.parity.Parity`` results."""
-    from model.parity import DEFAULT_TOLERANCE, compare
+    mismatch. An output may be a list of arrays (a features model): each is compared.
+    Returns the ``model.parity.Parity`` results."""
+    from model.parity import DEFAULT_TOLERANCE, compare_outputs
 
     tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
     out = run(x)
-    results = [compare("%s vs %s" % (what, name), expected, out, tolerance)
+    results = [compare_outputs("%s vs %s" % (what, name), expected, out, tolerance)
                for name, expected in references]
     bad = [r for r in results if not r.ok]
     if bad:
@@ -99,10 +142,10 @@ def check_exported(run, x, references, what, tolerance=None):
     return results
 
 
-def check_dumped(path, x, references, threads=None, tolerance=None, fmt=None):
+def check_dumped(path, x, references, threads=None, tolerance=None, fmt=None, all_outputs=False):
     """Run the exported file at ``path`` (``fmt`` 'mge', 'onnx' or 'bnn'; default: by its suffix)
     on ``x`` with the runtime ``tools/infer.py`` uses (metadata, layout and algorithm cache) and
-    compare with ``references``."""
+    compare with ``references`` (with ``all_outputs``, lists of every output's array)."""
     fmt = fmt or os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
     if fmt == "bnn":
         from .binary_runtime import BinaryModel
@@ -113,7 +156,8 @@ def check_dumped(path, x, references, threads=None, tolerance=None, fmt=None):
         model, what = runtime.OnnxModel(os.fspath(path), threads), "exported ONNX graph"
     else:
         model, what = runtime.open_mge(os.fspath(path), threads), "dumped graph"
-    return check_exported(model, x, references, what, tolerance)
+    return check_exported(model.run_all if all_outputs else model, x, references, what,
+                          tolerance)
 
 
 def write_checked(path, write, check):
@@ -166,14 +210,16 @@ def write_mge(source, x, path, options=dump.DEFAULT_OPTIONS, threads=None, algo_
 
     graph_options, layout = dump.split_options(options)
     start = time.perf_counter()
-    graph, _ = dump.trace_model(source.deploy, x)
+    graph, _ = dump.trace_model(FlatOutputs(source.deploy) if source.outputs else source.deploy,
+                                x)
     probe_s, profile_s = ((deadline, deadline) if deadline
                           else lite_child.deadlines(time.perf_counter() - start))
     metadata = dict(source.metadata(x.shape), graph_options=graph_options)
     notes, cache = [], None
 
     def write():
-        dump.write_graph(graph, path, graph_options, modelfile.encode_metadata(metadata))
+        dump.write_graph(graph, path, graph_options, modelfile.encode_metadata(metadata),
+                         source.output_names())
 
     write()
     if layout != dump.PORTABLE_LAYOUT:
@@ -199,11 +245,19 @@ def write_mge(source, x, path, options=dump.DEFAULT_OPTIONS, threads=None, algo_
 
 
 def write_onnx(source, x, path):
-    from .onnx_export import export_onnx
-
+    """A classifier through the module walk (``onnx_export``); a features or dense model (a
+    backbone, a user's segmenter) through its traced graph (``onnx_graph``)."""
+    metadata = dict(source.metadata(x.shape), format=modelfile.METADATA_FORMAT)
     with open(path, "wb") as f:
-        export_onnx(source.deploy, f, x.shape, dict(source.metadata(x.shape),
-                                                    format=modelfile.METADATA_FORMAT))
+        if source.outputs or source.graph_onnx:
+            from . import onnx_graph
+
+            onnx_graph.export_onnx(FlatOutputs(source.deploy), x[:1], f, source.output_names(),
+                                   metadata)
+        else:
+            from .onnx_export import export_onnx
+
+            export_onnx(source.deploy, f, x.shape, metadata)
 
 
 def write_bnn(source, x, path, program=None):
@@ -253,16 +307,14 @@ def export(source, output, fmt, x, options=dump.DEFAULT_OPTIONS, threads=None,
            algo_cache=True, deadline=None):
     """Write ``source`` to ``output`` as ``fmt`` and check it on ``x`` against the eager deploy
     model (and the eager train model for a train-form source): an ``Exported``."""
-    import megengine as mge
-
     program = None
     if fmt == "bnn":  # a model with nothing to pack is refused before any work
         from .binary_export import build_program
 
         program = build_program(source.deploy)
-    references = [("eager deploy", source.deploy(mge.tensor(x)).numpy())]
+    references = [("eager deploy", source.eager(source.deploy, x))]
     if source.train is not None:
-        references.append(("eager train", source.train(mge.tensor(x)).numpy()))
+        references.append(("eager train", source.eager(source.train, x)))
     result = Exported(None)
     if fmt == "onnx":
         def write(tmp):
@@ -275,7 +327,8 @@ def export(source, output, fmt, x, options=dump.DEFAULT_OPTIONS, threads=None,
             result.written = write_mge(source, x, tmp, options, threads, algo_cache, deadline)
     def check(tmp):  # a .bnn's exact per-conv check first: its message is the more precise
         exact = [check_binary_layers(source, program, x)] if fmt == "bnn" else []
-        return check_dumped(tmp, x, references, threads, fmt=fmt) + exact
+        return check_dumped(tmp, x, references, threads, fmt=fmt,
+                            all_outputs=bool(source.outputs)) + exact
 
     try:
         result.checks = write_checked(output, write, check)
@@ -287,3 +340,85 @@ def export(source, output, fmt, x, options=dump.DEFAULT_OPTIONS, threads=None,
                 from None
         raise
     return result
+
+
+def output_entries(outputs, input_shape, names):
+    """The ``"outputs"`` metadata of a model whose outputs on an input of ``input_shape`` are
+    the arrays ``outputs``: name, channels and reduction (input height / output height) each."""
+    entries = []
+    for name, out in zip(names, outputs):
+        shape = np.shape(out)
+        channels = int(shape[1]) if len(shape) > 1 else None
+        reduction = input_shape[2] // shape[2] if len(shape) == 4 and shape[2] \
+            and input_shape[2] % shape[2] == 0 else None
+        entries.append({"name": name, "channels": channels, "reduction": reduction})
+    return entries
+
+
+def features_source(source, out_indices=None):
+    """``source`` (a classifier) as its backbone: one output per stage in ``out_indices``
+    (default: all), named ``stage<i>`` and recorded in the metadata (``tools/export.py
+    --features``)."""
+    from model.backbone import Backbone
+
+    deploy = Backbone(source.deploy, out_indices)
+    train = Backbone(source.train, out_indices) if source.train is not None else None
+    for net in (deploy, train):
+        if net is not None:
+            net.eval()
+    outputs = [{"name": e["name"], "channels": e["channels"], "reduction": e["reduction"]}
+               for e in deploy.feature_info]
+    return dataclasses.replace(source, deploy=deploy, train=train, classes=None, outputs=outputs,
+                               arch="%s backbone" % source.arch)
+
+
+def module_source(module, input_shape, arch=None, output_names=None, spec=None):
+    """A ``Source`` for any module (a backbone, a user's detector or segmenter with RepVGG
+    blocks anywhere inside): its deploy form by ``convert_to_deploy``, its outputs named by
+    ``output_names``, else the backbone's ``feature_info`` names, else ``output0``, ...
+    A single (N, classes) output is exported as a classifier's (no ``"outputs"`` metadata)."""
+    import megengine as mge
+    from model import convert_to_deploy, is_deploy
+    from model.parity import named_outputs
+
+    if len(input_shape) != 4:
+        raise UserError("input_shape must be (N, C, H, W), got %s" % (tuple(input_shape),))
+    module.eval()
+    train = None if is_deploy(module) else module
+    deploy = convert_to_deploy(module) if train is not None else module
+    deploy.eval()
+    outs = [a for _, a in named_outputs(deploy(mge.tensor(np.zeros(input_shape, np.float32))))]
+    if output_names is None:
+        info = getattr(deploy, "feature_info", None)
+        output_names = info.names() if info is not None and len(info) == len(outs) else \
+            ["output%d" % i for i in range(len(outs))]
+    if len(output_names) != len(outs) or len(set(output_names)) != len(outs):
+        raise UserError("output_names %s: give %d distinct names, one per output"
+                        % (list(output_names), len(outs)))
+    dense = len(outs) > 1 or np.ndim(outs[0]) != 2
+    if spec is None and input_shape[2] == input_shape[3]:
+        spec = preprocess.imagenet_spec(int(input_shape[2]))
+    return Source(deploy, train, arch or type(module).__name__, spec,
+                  outputs=output_entries(outs, input_shape, output_names) if dense else None,
+                  graph_onnx=True)
+
+
+def export_module(module, input_shape, path, arch=None, output_names=None, spec=None,
+                  threads=None, algo_cache=False, options=dump.DEFAULT_OPTIONS, seed=0):
+    """Export any module to ``path``, the format by its suffix (``.mge``: traced and dumped,
+    any MegEngine operator; ``.onnx``: the operators ``deploy/onnx_graph.py`` covers), for
+    input ``input_shape`` (N, C, H, W). A train-form module is fused first
+    (``convert_to_deploy``, the module itself is left as it is). The file is checked as
+    ``tools/export.py`` checks it: loaded back with the runtime that will run it (Lite, ONNX
+    Runtime) and every output compared with the eager deploy and train forms on generated
+    images to float32 rounding, before it is renamed into place. Returns the ``Exported``."""
+    fmt = format_of(path)
+    if fmt == "bnn":
+        raise UserError("export_module writes .mge or .onnx; a binary network goes through "
+                        "tools/export.py")
+    source = module_source(module, tuple(int(d) for d in input_shape), arch, output_names,
+                           spec)
+    from model.parity import sample_inputs
+
+    x = sample_inputs(np.random.default_rng(seed), tuple(int(d) for d in input_shape))
+    return export(source, path, fmt, x, options, threads, algo_cache=algo_cache)
