@@ -3,11 +3,12 @@ strictly, fuse."""
 import functools
 import logging
 
-from model.checkpoint import check_shapes, detect_form
+from model.checkpoint import check_shapes, detect_form, expected_shapes
 
 from .layouts import detect_layout, get_layout, to_official
 from .loading import expected_arrays, load_arrays, uninitialised
-from .mapping import check_tensors, extract_state_dict, to_megengine
+from .errors import ConverterError
+from .mapping import check_storage, check_tensors, extract_state_dict, to_megengine
 from .safetensors_reader import looks_like_safetensors, read_safetensors
 from .torch_reader import ZIP_MAGIC, map_file, read_torch_file
 
@@ -82,3 +83,58 @@ def convert(path, arch, deploy=False, ema=False, layout=None):
                   num_classes=num_classes, casts=dict(casts), output_form=output_form)
     log.info("converted %s: %s", path, report)
     return model, report
+
+
+def _keys(keys, limit=6):
+    keys = sorted(keys)
+    return ", ".join(keys[:limit]) + (", ... (%d more)" % (len(keys) - limit)
+                                      if len(keys) > limit else "")
+
+
+def load_into(model, path, layout=None, ema=False):
+    """Load the checkpoint ``path`` (any layout ``convert`` reads) into an existing ``model``
+    whose keys are a part of the file's: a backbone (``get_model(..., features_only=True)``,
+    the classifier's head is dropped), or the backbone inside a user's model
+    (``load_into(net.backbone, path)``).
+
+    The file's form must be the model's: train-form weights into a deploy-form model, or the
+    other way round, are refused with the way to convert. Mis-shaped tensors are refused; keys
+    of the file that the model lacks are dropped, keys of the model that the file lacks keep
+    their values; both are listed in ``report["summary"]``, one line (also logged). Returns the
+    report dict (layout, form, loaded, dropped, missing, summary)."""
+
+    obj, info = read_checkpoint(path)
+    state_dict, where = extract_state_dict(obj, ema=ema)
+    del obj
+    layout = detect_layout(state_dict) if layout is None else get_layout(layout)
+    state_dict, notes = to_official(state_dict, layout)
+    check_storage(state_dict, path)
+    form, model_form = detect_form(state_dict), detect_form(expected_shapes(model))
+    if form != model_form:
+        hint = ("build the model in train form (deploy=False), load the file, then fuse it "
+                "with model.convert_to_deploy" if form == "train" else
+                "fused weights cannot be split into branches: build the model with "
+                "deploy=True, or load the train-form checkpoint")
+        raise ConverterError("%s holds %s-form weights but %s is in %s form: %s"
+                             % (path, form, type(model).__name__, model_form, hint))
+    expected = expected_arrays(model)
+    mapped, casts = to_megengine(state_dict, expected)
+    del state_dict
+    common = {k: v for k, v in mapped.items() if k in expected}
+    dropped = [k for k in mapped if k not in expected]
+    missing = [k for k in expected if k not in mapped]
+    if not common:
+        raise ConverterError("no tensor of %s (%s layout; keys %s) fits %s (keys %s)"
+                             % (path, layout.name, _keys(mapped), type(model).__name__,
+                                _keys(expected)))
+    check_shapes({k: expected[k].shape for k in common}, common,
+                 "%s (%s layout, %s form)" % (path, layout.name, form))
+    load_arrays(model, common, partial=True)
+    summary = ("loaded %d tensors of %s (%s layout, %s form) into %s; dropped %d%s; "
+               "missing %d%s" % (len(common), path, layout.name, form, type(model).__name__,
+                                 len(dropped), " (%s)" % _keys(dropped) if dropped else "",
+                                 len(missing), " (%s)" % _keys(missing) if missing else ""))
+    log.info(summary)
+    return dict(info, source=where, layout=layout.name, notes=notes, form=form,
+                casts=dict(casts), loaded=len(common), dropped=dropped, missing=missing,
+                summary=summary)

@@ -26,14 +26,17 @@ def expected_arrays(model):
             for key, t, flat in state_tensors(model)}
 
 
-def load_arrays(model, arrays):
+def load_arrays(model, arrays, partial=False):
     """Replace every parameter and buffer of ``model`` by ``arrays[key]`` (already checked:
-    every key present, shapes as ``model.state_dict()``), copying each once and dropping the
-    file pages behind it right after. Each tensor's old storage is released before its new
-    one is allocated, so the allocator can hand the same memory back."""
+    every key present, shapes as ``model.state_dict()``; with ``partial``, keys absent from
+    ``arrays`` keep their values), copying each once and dropping the file pages behind it
+    right after. Each tensor's old storage is released before its new one is allocated, so
+    the allocator can hand the same memory back."""
     from model.checkpoint import state_tensors
 
     for key, tensor, _flat in state_tensors(model):
+        if partial and key not in arrays:
+            continue
         array = arrays[key]
         shape, dtype, device = tensor.shape, tensor.dtype, tensor.device
         tensor._reset(type(tensor)(np.zeros((), dtype), device=device, no_cache=True))

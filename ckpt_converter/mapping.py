@@ -109,17 +109,22 @@ def _stored_elements(array):
     return (high - low) // array.itemsize
 
 
-def check_tensors(state_dict, what="checkpoint"):
-    """Refuse, before building anything, weights that no real checkpoint holds: a classifier
-    ``linear.weight`` that is not 2-D (or a bias that does not match it), and tensors that
-    repeat their storage (zero or overlapping strides: a broadcast tensor claims any number of
-    elements, e.g. 2^40 classes, while the file holds a handful)."""
+def check_storage(state_dict, what="checkpoint"):
+    """Refuse tensors that repeat their storage (zero or overlapping strides)."""
     for key, array in state_dict.items():
         if array.size > 1 and _stored_elements(array) < array.size:
             raise ConverterError(
                 "%s: tensor %s of shape %s has %d elements but stores only %d (a broadcast or "
                 "overlapping view); weights must be stored in full"
                 % (what, key, tuple(array.shape), array.size, _stored_elements(array)))
+
+
+def check_tensors(state_dict, what="checkpoint"):
+    """Refuse, before building anything, weights that no real checkpoint holds: a classifier
+    ``linear.weight`` that is not 2-D (or a bias that does not match it), and tensors that
+    repeat their storage (zero or overlapping strides: a broadcast tensor claims any number of
+    elements, e.g. 2^40 classes, while the file holds a handful)."""
+    check_storage(state_dict, what)
     weight, bias = state_dict.get("linear.weight"), state_dict.get("linear.bias")
     if weight is None:
         raise ConverterError("%s: cannot tell the number of classes: no classifier weight "
