@@ -86,7 +86,11 @@ class _Translator:
         return output
 
     def value(self, var):
-        """The ONNX name of MegEngine variable ``var`` (its producer translated already)."""
+        """The ONNX name of MegEngine variable ``var`` (its producer translated already; a
+        constant becomes an initializer when first used as a value, not when a conv reads it
+        as its weights)."""
+        if id(var) not in self.names and _constant(var) is not None:
+            self.names[id(var)] = self.const(_constant(var))
         return self.names[id(var)]
 
     def run(self, network, outputs):
@@ -99,7 +103,7 @@ class _Translator:
                 needed.add(id(op))
                 stack.extend(v.owner for v in _data_inputs(op))
         for op in network.all_oprs:
-            if id(op) in needed:
+            if id(op) in needed and _constant(op.outputs[0]) is None:
                 var = op.outputs[0]
                 self.names[id(var)] = self.translate(op, var)
 
@@ -107,8 +111,6 @@ class _Translator:
         kind = type(op).__name__
         if kind == "Host2DeviceCopy":
             return INPUT_NAME
-        if kind in ("ImmutableTensor", "SharedDeviceTensor"):
-            return self.const(np.asarray(op.numpy(), np.float32))
         if kind == "Identity":
             return self.value(op.inputs[0])
         handler = getattr(self, "_" + kind, None)

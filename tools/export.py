@@ -6,6 +6,7 @@ binary network, a bit-packed binary model (.bnn), checked.
     .venv/bin/python tools/export.py deploy.pkl --output a0_b16.mge --batch 16
     .venv/bin/python tools/export.py --arch RepVGG-A0 --random-init --output bench.mge  # random
     .venv/bin/python tools/export.py runs/bnn/best.pkl --output bnn.bnn  # binary: XNOR-popcount
+    .venv/bin/python tools/export.py train.pkl --output feats.onnx --features 1 2 3  # backbone
 
 A train-form checkpoint is converted to deploy form first (every block fused into one 3x3 conv).
 .mge: traced with megengine.jit.trace(symbolic=True, capture_as_const=True) and dumped with
@@ -31,6 +32,11 @@ input the emulation gave it), its logits agree to 0.2 with the same top-1 (an ac
 tie, exactly 0 or within rounding of it, may binarize either way: deploy/export.py BNN_TOLERANCE).
 Only then is the file moved into place: a failed check or an interrupted export leaves nothing
 behind.
+
+--features [I ...] exports the backbone instead (docs/backbone.md): one output per stage index
+(none given: 0-4, strides 2 to 32), named stage<i>, each checked; the metadata records each
+output's name, channels and stride ("outputs"), and tools/infer.py prints their shapes. Its
+.onnx is translated from the traced graph (deploy/onnx_graph.py).
 """
 import os
 import sys
@@ -38,6 +44,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import cli, cpus  # noqa: E402
+from errors import UserError  # noqa: E402
 from common.device import use_device  # noqa: E402
 from deploy import dump  # noqa: E402
 from deploy import export as ex  # noqa: E402
@@ -73,6 +80,9 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=cpus.cpu_count(),
                    help="CPU threads for tracing, profiling and the check")
     p.add_argument("--seed", type=int, default=0, help="seed for generated check images")
+    p.add_argument("--features", type=int, nargs="*", metavar="I",
+                   help="export the backbone: one output per stage index I (none given: all "
+                        "five, 0-4)")
     args = p.parse_args(argv)
     if args.random_init and (args.checkpoint or args.checkpoint_arg):
         p.error("--random-init exports random weights; it takes no checkpoint")
@@ -90,6 +100,10 @@ def main(argv=None):
     fmt = ex.format_of(args.output, args.format)
     use_device(dump.trace_device(args.threads))
     source = ex.build_model(args.checkpoint, args.arch, args.num_classes, args.size)
+    if args.features is not None:
+        if fmt == "bnn":
+            raise UserError("--features exports a backbone as .mge or .onnx, not .bnn")
+        source = ex.features_source(source, args.features or None)
     if fmt == "bnn":  # nothing to pack: refused before anything else is said or done
         from deploy.binary_export import check_binary
 
@@ -108,6 +122,9 @@ def main(argv=None):
     for r in exported.checks:
         print("check %-32s max relative difference %.2e, top-1 agreement %.0f%%"
               % (r.name, r.max_rel, 100 * r.top1_agree))
+    for out in source.outputs or ():
+        print("output %-8s %4d channels, stride %d" % (out["name"], out["channels"],
+                                                       out["reduction"]))
     if fmt == "bnn":
         how = "%d packed binary layers, 64-bit words" % written.binary_layers
     elif fmt == "mge":

@@ -55,6 +55,23 @@ def classify(model, spec, paths, batch_size, k):
         yield from zip(chunk, numeric.top_k(model(x), k))
 
 
+def print_features(model, spec, paths, batch_size, notes):
+    """Each output's shape per image for a model whose metadata records its ``outputs`` (a
+    backbone: one feature map per stage)."""
+    outputs = model.metadata["outputs"]
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        arrays = model.run_all(np.stack([preprocess.preprocess_image(p, spec) for p in chunk]))
+        for note in notes:  # after the first batch was read: an error stays the only line
+            print("note: " + note, file=sys.stderr)
+        notes = []
+        for i, path in enumerate(chunk):
+            print(path)
+            for out, array in zip(outputs, arrays):
+                print("  %-10s %s (stride %s)" % (out.get("name"), "x".join(
+                    map(str, array[i].shape)), out.get("reduction")))
+
+
 def benchmark(model, batch, warmup, runs, seed=0):
     """Images per second of ``model`` on random input (median of ``runs`` timed calls)."""
     x = np.random.default_rng(seed).standard_normal(
@@ -111,6 +128,9 @@ def main(argv=None):
         raise UserError("%s takes %dx%d input but its recorded preprocessing gives %dx%d images"
                         % (args.model, model.input_shape[-2], model.input_shape[-1], spec.size,
                            spec.size))
+    if model.metadata.get("outputs"):  # a features model (tools/export.py --features)
+        print_features(model, spec, args.images, batch, model.notes + ([note] if note else []))
+        return 0
     if args.labels:
         labels = read_labels(args.labels, model.num_classes)
     else:
