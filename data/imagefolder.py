@@ -16,6 +16,10 @@ from .sources import DataError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 
+class UnknownClasses(DataError):
+    """A split's class folder that the train split (or the model) does not have."""
+
+
 class ImageFolderSource:
     decodes_files = True
 
@@ -32,7 +36,7 @@ class ImageFolderSource:
         else:
             unknown = sorted(set(found) - set(classes))
             if unknown:
-                raise DataError("%s has classes the %s does not have: %s"
+                raise UnknownClasses("%s has classes the %s does not have: %s"
                                 % (folder, known_as, ", ".join(unknown[:5])))
         self.classes = tuple(classes)
         index = {c: i for i, c in enumerate(self.classes)}

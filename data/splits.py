@@ -130,9 +130,15 @@ def eval_splits(checkpoint, dataset, root, image_size):
         root = folder
     same = bool(folder) and os.path.abspath(root or "") == os.path.abspath(folder)
     classes = recorded.get("classes")
-    return load_splits(dataset, root, image_size, val_split=recorded.get("val_split", 0.0)
-                       if same else 0.0, train=False,
-                       classes=tuple(map(str, classes)) if classes else None)
+    val_split = recorded.get("val_split", 0.0) if same else 0.0
+    if classes:
+        from .imagefolder import UnknownClasses
+        try:
+            return load_splits(dataset, root, image_size, val_split=val_split, train=False,
+                               classes=tuple(map(str, classes)))
+        except UnknownClasses:  # other classes: tools/eval.py names the differences
+            pass
+    return load_splits(dataset, root, image_size, val_split=val_split, train=False)
 
 
 def default_image_size(dataset):

@@ -244,6 +244,6 @@ def test_a_checkpoint_without_data_set_is_imagenet_224_in_eval_and_predict(run_d
     np.testing.assert_allclose([got[str(i)] for i in range(10)], 100 * probs, atol=0.006)
     folder = _digits_folder(tmp_path / "folder", per_class=1)
     proc = call_tool("tools/eval.py", ckpt, "--data", folder, "--device", "cpu")
-    assert "on imagenet val (10 images, 224x224)" in _eval_numbers(proc)[0]
+    assert "on folder val (10 images, 224x224)" in _eval_numbers(proc)[0]  # the folder's name
     msg = one_line_error(call_tool("tools/eval.py", ckpt, "--device", "cpu"))
     assert "records no data set" in msg and "--data" in msg
