@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, fields
 from typing import Optional
 
-from common import flags
+from common import cli, flags
 from errors import UserError
 
 from .recipe import RECIPES, dataset_defaults, describe
@@ -54,7 +54,8 @@ class TrainConfig:
                                   "cifar-10-batches-py/), cifar100 when it holds CIFAR-100's "
                                   "(train + meta or cifar-100-python/), imagenet otherwise",
                                   choices=DATASETS, resume_check=True)
-    output: Optional[str] = knob(None, "run folder; default: runs/<arch>-<dataset> (a new -2, "
+    output: Optional[str] = knob(None, "run folder; default: runs/<arch>-<data> (digits, "
+                                 "cifar10, an image folder's name; a new -2, "
                                  "-3 ... if that holds or is running a run; with --resume the "
                                  "one whose latest.pkl is newest)", metavar="DIR")
     recipe: Optional[str] = knob(None, "named official recipe filling the recipe knobs (the "
@@ -136,6 +137,11 @@ class TrainConfig:
     reset_classifier: bool = knob(False, "with --weights: keep the new model's classifier when "
                                   "the checkpoint's has another number of classes (e.g. 1000 "
                                   "ImageNet classes fine-tuned on 10)")
+    frozen_stages: int = knob(0, "fine-tuning: stages 0..K-1 keep their BatchNorms in eval mode "
+                              "and are not trained (model.finetune; 0 = none, at most 5)",
+                              resume_check=True, metavar="K", type=cli.integer(0, 5))
+    norm_eval: bool = knob(False, "fine-tuning: every BatchNorm keeps its running statistics "
+                           "(eval mode) while training", resume_check=True)
     amp: bool = knob(False, "mixed precision; needs a GPU (an error on CPU)")
     fast_conv_grad: bool = knob(True, "use MegEngine's own conv weight-gradient kernel instead "
                                 "of the faster matrix-product route (see training/fastconv.py)",

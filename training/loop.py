@@ -23,6 +23,7 @@ from errors import UserError
 from data.loader import default_workers, make_loader
 from data.splits import data_name
 from model.checkpoint import arch_label, build_model, checkpoint_dict, numpy_state_dict
+from model.finetune import set_finetuning, trainable_parameters
 
 from . import state as train_state
 from .fastconv import on_cpu
@@ -68,6 +69,7 @@ class Trainer:
         self.num_classes = len(splits.classes)
         seed_everything(config.seed)  # initial weights depend only on --seed
         self.model = build_model(config.arch, self.num_classes)
+        set_finetuning(self.model, config.frozen_stages, config.norm_eval)
         if config.fast_conv_grad:
             from . import fastconv
             fastconv.enable(self.model)
@@ -80,7 +82,7 @@ class Trainer:
                                      config.mixup_prob, config.mixup_switch_prob,
                                      config.label_smoothing)
         callbacks = [dist.make_allreduce_cb("mean")] if world_size > 1 else []
-        self.gm = GradManager().attach(self.model.parameters(), callbacks=callbacks)
+        self.gm = GradManager().attach(trainable_parameters(self.model), callbacks=callbacks)
         # With mixup/CutMix the soft targets already carry the label smoothing.
         self.loss_fn = classification_loss(
             0.0 if self.mixer is not None else config.label_smoothing,

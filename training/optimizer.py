@@ -19,9 +19,12 @@ def decay_and_lr_mult(name, custom_l2, bias_lr_mult):
 
 
 def param_groups(model, weight_decay, custom_l2=False, bias_lr_mult=2.0):
-    """Parameters grouped by (weight decay, lr multiplier), in model order."""
+    """Parameters grouped by (weight decay, lr multiplier), in model order; the frozen stages'
+    parameters (``--frozen-stages``) are in none."""
+    from model.finetune import trainable_named_parameters
+
     groups = {}
-    for name, param in model.named_parameters():
+    for name, param in trainable_named_parameters(model):
         decay, lr_mult = decay_and_lr_mult(name, custom_l2, bias_lr_mult)
         key = (weight_decay if decay else 0.0, lr_mult)
         groups.setdefault(key, {"params": [], "names": []})
