@@ -185,8 +185,7 @@ def space_from_args(args):
 
 
 def cmd_lut(args):
-    from tqdm import tqdm
-
+    from common.progress import progress as progress_display
     from search.latency import load_table, measure_table, save_table
 
     space = space_from_args(args)
@@ -200,7 +199,8 @@ def cmd_lut(args):
     start = time.perf_counter()
     table = measure_table(space, args.batch, args.warmup, args.runs, inner=args.inner,
                           progress=None if args.no_progress
-                          else lambda it: tqdm(it, desc="latency table"))
+                          else lambda it: progress_display(it, desc="latency table",
+                                                           unit="entry"))
     table.meta["build_seconds"] = time.perf_counter() - start
     save_table(table, args.out)
     print("wrote %s: %d layers x %d candidates (%s) in %.1f s"

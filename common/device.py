@@ -1,12 +1,16 @@
 """Choosing MegEngine's compute device.
 
-MegEngine's default device ("xpux") probes for CUDA on first use and logs a banner when there is
-none. Choosing the device explicitly, before the first tensor is created, avoids the probe and
-lets CPU runs use every core ("multithreadN"), which the default single-threaded CPU device does
-not.
+MegEngine's default device ("xpux") probes for CUDA on first use and, without a CUDA driver
+library, prints a five-line banner and "debug: failed to load cuda func" lines. Choosing the
+device explicitly, before the first tensor is created, avoids the probe and lets CPU runs use
+every core ("multithreadN"), which the default single-threaded CPU device does not. Code that
+never chooses (``import model`` in a script, a notebook) gets the probe run once, silently, when
+this module is imported (``model`` imports it): see ``probe_cuda_quietly``.
 """
 import ctypes.util
+import os
 import re
+import sys
 
 import megengine as mge
 
@@ -20,6 +24,34 @@ def cuda_available():
     # Without a CUDA driver library there is nothing to probe (and MegEngine's probe would log a
     # banner about it).
     return ctypes.util.find_library("cuda") is not None and mge.is_cuda_available()
+
+
+def probe_cuda_quietly():
+    """Resolve the default device ("xpux") now, with file descriptor 2 on /dev/null, where no
+    CUDA driver library exists: MegEngine caches the answer, so later work on the default device
+    prints nothing. The banner is a C ``fprintf`` to fd 2 (no log level or environment variable
+    turns it off: MEGENGINE_LOGGING_LEVEL, MGB_LOG_LEVEL and RUNTIME_OVERRIDE_LOG_LEVEL were
+    tried). Only this probe is silenced: importing MegEngine, and any error, reach the user."""
+    if ctypes.util.find_library("cuda") is not None:
+        return  # a driver is there: no banner, and what CUDA says may matter
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        return  # no usable stderr: nothing to keep clean
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        try:
+            (mge.tensor([0.0], device="xpux") + 0).numpy()
+        finally:
+            os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+probe_cuda_quietly()
 
 
 def gpu_count():

@@ -2,6 +2,10 @@
 import megengine.functional as F
 import megengine.module as M
 
+# Imported for its side effect: MegEngine's CUDA probe, run once silently (no banner on stderr
+# of a CPU machine when a script uses the models without choosing a device).
+from common import device as _device  # noqa: F401
+
 
 def pair(v):
     """A conv argument (an int, or a pair of them) as a pair: ``3 -> (3, 3)``."""

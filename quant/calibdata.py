@@ -46,13 +46,9 @@ class _FileSource:
         return len(self.paths)
 
     def load(self, i):
-        from PIL import Image
+        from data.images import read_rgb  # the one decoder: 16-bit, CMYK, EXIF, limits
 
-        try:
-            with Image.open(self.paths[i]) as image:
-                return image.convert("RGB")
-        except (OSError, ValueError, SyntaxError) as e:
-            raise DataError("cannot read calibration image %s (%s)" % (self.paths[i], e))
+        return read_rgb(self.paths[i])  # UnreadableImage (one line, names the file)
 
 
 def _pick(n, k, seed):

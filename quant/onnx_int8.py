@@ -7,6 +7,8 @@ activations uint8 (asymmetric: after a ReLU the range starts at 0, so all 256 le
 with MinMax ranges from the calibration images. ORT fuses each DequantizeLinear -> Conv ->
 QuantizeLinear into an integer convolution (U8S8, its fast x86 path).
 """
+import contextlib
+import logging
 import os
 import tempfile
 
@@ -28,6 +30,26 @@ class _Reader:
     def get_next(self):
         batch = next(self._batches, None)
         return None if batch is None else {"data": np.ascontiguousarray(batch, np.float32)}
+
+
+class _DropPreprocessingAdvice(logging.Filter):
+    """ORT's quantizer logs on the root logger, on every call, advice to run its shape-inference
+    pre-processing; the graph from deploy.onnx_export has its shapes, so the advice is noise."""
+
+    def filter(self, record):
+        return not str(record.msg).startswith(("Please consider to run pre-processing",
+                                               "Please consider pre-processing"))
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """That one message dropped, only while the quantizer runs; every other log line kept."""
+    root, drop = logging.getLogger(), _DropPreprocessingAdvice()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def write_int8_onnx(deploy_model, path, calib_batches, check_batch, metadata=None,
@@ -59,9 +81,10 @@ def write_int8_onnx(deploy_model, path, calib_batches, check_batch, metadata=Non
         if rel > DEFAULT_TOLERANCE:
             raise OnnxCheckError("the float ONNX graph differs from the MegEngine model (max "
                                  "relative difference %.2e)" % rel)
-        quantize_static(float_path, tmp, reader_class(calib_batches),
-                        quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        with _quiet_quantizer():
+            quantize_static(float_path, tmp, reader_class(calib_batches),
+                            quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         if metadata is not None:
             int8 = onnx.load(tmp)
             onnx.helper.set_model_props(int8, {METADATA_KEY: encode_metadata(metadata)})

@@ -16,8 +16,8 @@ import numpy as np
 
 import megengine as mge
 import megengine.quantization as Q
-from tqdm import tqdm
 
+from common.progress import progress as progress_display
 from errors import UserError
 
 OBSERVERS = {
@@ -49,7 +49,8 @@ def calibrate(chain, batches, observer=DEFAULT_OBSERVER, progress=True):
     chain.eval()  # eval() disables observers; enable them after it
     Q.enable_observer(chain)
     seen = 0
-    for batch in tqdm(batches, desc="calibrate", leave=False, disable=not progress):
+    for batch in progress_display(batches, desc="calibrate", unit="batch", leave=False,
+                                  enabled=progress):
         chain(mge.tensor(np.asarray(batch, np.float32)))
         seen += len(batch)
     if not seen:

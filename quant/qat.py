@@ -17,13 +17,13 @@ import logging
 import math
 
 import numpy as np
-from tqdm import tqdm
 
 import megengine as mge
 import megengine.functional as F
 import megengine.quantization as Q
 from megengine.autodiff import GradManager
 
+from common.progress import progress as progress_display
 from errors import UserError
 
 from . import network, ptq
@@ -70,8 +70,8 @@ def finetune(chain, loader, steps_per_epoch, epochs, lr, weight_decay=1e-4, mome
         Q.enable_observer(chain)  # train() enables them too; explicit for clarity
         sampler.set_epoch(epoch)
         losses = []
-        bar = tqdm(total=steps_per_epoch, desc="qat epoch %d/%d" % (epoch + 1, epochs),
-                   leave=False, disable=not progress)
+        bar = progress_display(total=steps_per_epoch, unit="step", leave=False,
+                               desc="qat epoch %d/%d" % (epoch + 1, epochs), enabled=progress)
         for i, (images, labels, _) in enumerate(loader):
             if i >= steps_per_epoch:
                 break

@@ -171,7 +171,7 @@ class TASSearch:
     def run(self, out=None, until_epoch=None, progress=True):
         """Search from the current epoch up to ``until_epoch`` (default: all), writing
         OUT/latest.pkl after every epoch when ``out`` is given."""
-        from tqdm import tqdm
+        from common.progress import progress as bar
 
         cfg = self.cfg
         end = cfg.epochs if until_epoch is None else min(until_epoch, cfg.epochs)
@@ -182,10 +182,10 @@ class TASSearch:
                 g["lr"] = cosine(e / cfg.epochs, cfg.w_lr, 0.0)
             w_steps = batches(self.rng, self.w_idx, cfg.batch_size, cfg.max_steps)
             a_steps = batches(self.rng, self.a_idx, cfg.batch_size, cfg.max_steps)
-            ce_w = [self.step(i, tau, False) for i in tqdm(w_steps, desc="tas %d weights" % e,
-                                                          leave=False, disable=not progress)]
-            ce_a = [self.step(i, tau, True) for i in tqdm(a_steps, desc="tas %d widths" % e,
-                                                         leave=False, disable=not progress)]
+            ce_w = [self.step(i, tau, False) for i in bar(w_steps, desc="tas %d weights" % e,
+                                                         leave=False, enabled=progress)]
+            ce_a = [self.step(i, tau, True) for i in bar(a_steps, desc="tas %d widths" % e,
+                                                        leave=False, enabled=progress)]
             row = {"epoch": e, "tau": tau, "w_ce": float(np.mean(ce_w)),
                    "arch_ce": float(np.mean(ce_a)), "val_acc": self.validate(),
                    "widths": self.net.widths(self.net.argmax()),

@@ -151,11 +151,11 @@ class Searcher:
         return float(loss.numpy()), float(ce.numpy()), float(lat.numpy())
 
     def _phase(self, indices, gm, opt, theta, desc, progress):
-        from tqdm import tqdm
+        from common.progress import progress as progress_display
 
         steps = batches(self.rng, indices, self.config.batch_size, self.config.max_steps)
         sums = np.zeros(3)
-        bar = tqdm(steps, desc=desc, leave=False, disable=not progress)
+        bar = progress_display(steps, desc=desc, unit="step", leave=False, enabled=progress)
         for idx in bar:
             sums += self._step(idx, gm, opt, theta)
             bar.set_postfix(loss="%.3f" % sums[0])

@@ -84,6 +84,8 @@ def test_qdq_onnx_runs_in_onnxruntime(ckpt, tmp_path):
     out, report = tmp_path / "a0.onnx", tmp_path / "r.json"
     proc = run_tool("tools/quantize.py", "--load", ckpt, "-o", out, "--report", report, *FAST)
     assert proc.returncode == 0, proc.stderr
+    # nothing on stderr: no ONNX Runtime pre-processing advice, no bars, no MegEngine banner
+    assert proc.stderr == "" and json.loads(report.read_text())["warning"] is None
     proto = onnx.load(str(out))
     ops = [n.op_type for n in proto.graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops and "Conv" in ops
@@ -150,3 +152,62 @@ def test_bad_input_is_one_line(ckpt, mge_run, tmp_path):
     assert "RepVGG and QARepVGG" in fails("--load", searched, "-o", out)
     assert "-o must end in .mge or .onnx" in fails("--load", ckpt, "-o", tmp_path / "x.bin")
     assert os.listdir(empty) == []
+
+
+@pytest.fixture(scope="module")
+def imagenet_ckpt(tmp_path_factory):
+    """An A0 as the PyTorch importer writes it: 1000 classes, no data set or size recorded."""
+    net = model.get_model("RepVGG-A0", num_classes=1000)
+    path = tmp_path_factory.mktemp("imported") / "a0_imported.pkl"
+    save_checkpoint(checkpoint_dict(numpy_state_dict(net), "RepVGG-A0", "train"), path)
+    return path
+
+
+def test_a_checkpoint_recording_no_data_is_imagenet_and_needs_calibration_images(
+        imagenet_ckpt, tmp_path):
+    # it used to be calibrated on the built-in digits and written as a 32x32 digits model
+    out = tmp_path / "a0_int8.onnx"
+    proc = run_tool("tools/quantize.py", imagenet_ckpt, "-o", out, *FAST)
+    assert proc.returncode == 1
+    assert ("records no data set, so it is taken as ImageNet at 224 (as eval.py and predict.py "
+            "do); pass --calib DIR") in one_line_error(proc)
+    assert not out.exists()
+    from PIL import Image
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (300, 260, 3), dtype=np.uint8)).save(
+            str(photos / ("%d.jpg" % i)))
+    proc = run_tool("tools/quantize.py", imagenet_ckpt, "-o", out, "--calib-data", photos,
+                    "--calib-images", 2, "--check-images", 2, "--threads", 1, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    from deploy.preprocess import imagenet_spec
+    from deploy.runtime import open_model
+    written = open_model(str(out), 1)
+    assert written.input_shape[1:] == (3, 224, 224)
+    assert written.metadata["preprocess"] == imagenet_spec(224).to_dict()
+
+
+def test_a_low_sqnr_is_one_warning_line(ckpt, tmp_path, monkeypatch):
+    from helpers import call_tool
+
+    out = tmp_path / "a0.onnx"
+    monkeypatch.setattr(metrics, "LOW_SQNR_DB", 1000.0)  # every real int8 model is below
+    proc = call_tool("tools/quantize.py", ckpt, "-o", out, *FAST)
+    assert proc.returncode == 0, proc.stderr
+    sqnr = float(proc.stdout.split("logit SQNR ")[1].split(" dB")[0])
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert lines == ["warning: the int8 logits are far from the float model's (SQNR %.1f dB, "
+                     "below 1000 dB): expect lost accuracy; try --qat, the .onnx format "
+                     "(per-channel weights), or more --calib-images of the model's own data"
+                     % sqnr]
+    assert out.is_file()  # a warning, not a refusal
+
+
+def test_eval_labels_an_int8_file_int8(ckpt, tmp_path):
+    out = tmp_path / "a0.onnx"
+    assert run_tool("tools/quantize.py", ckpt, "-o", out, *FAST).returncode == 0
+    proc = run_tool("tools/eval.py", ckpt, "--exported", out, "--limit", 20, "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert "%s (RepVGG-A0, int8, PTQ)" % out in proc.stdout and "fp32" not in proc.stdout

@@ -82,6 +82,8 @@ def exported_model(path, precision, num_classes):
     from deploy.runtime import open_model
 
     run = open_model(path, precision=precision)
+    int8 = run.metadata.get("int8")  # tools/quantize.py records its method
+    label = "int8, %s" % int8 if int8 else precision
     for note in run.notes:
         print("note: " + note, file=sys.stderr)
     if run.num_classes not in (None, num_classes):
@@ -94,7 +96,7 @@ def exported_model(path, precision, num_classes):
 
         def __call__(self, images):
             return mge.tensor(run(images.numpy()))
-    return Exported()
+    return Exported(), label
 
 
 def main(argv=None):
@@ -122,13 +124,13 @@ def main(argv=None):
     check_classes(args.checkpoint, recorded.get("classes"), info["num_classes"], dataset,
                   splits.classes)
     if args.exported:
-        model = exported_model(args.exported, args.precision, info["num_classes"])
+        model, label = exported_model(args.exported, args.precision, info["num_classes"])
     val = Subset(splits.val, args.limit) if args.limit else splits.val
     loader, _ = make_loader(val, splits.eval_transform, args.batch_size, shuffle=False,
                             workers=args.workers)
     result = evaluate(model, loader, source=val)
     skipped = ("; %d unreadable skipped" % len(result.skipped)) if result.skipped else ""
-    what = ("%s (%s, %s)" % (args.exported, arch_label(info["arch"]), args.precision)
+    what = ("%s (%s, %s)" % (args.exported, arch_label(info["arch"]), label)
             if args.exported else "%s (%s, %s form)" % (args.checkpoint, arch_label(info["arch"]),
                                                         info["form"]))
     print("%s on %s val (%d images, %dx%d%s): top-1 %.2f%%  top-5 %.2f%%  "

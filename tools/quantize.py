@@ -42,8 +42,9 @@ def parse_args(argv):
     p.add_argument("--arch", help="architecture (default: the one the checkpoint records)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.mge|OUT.onnx",
                    help="int8 model to write; the suffix picks the format")
-    p.add_argument("--calib", metavar="DIR",
-                   help="calibration (and with --qat, fine-tuning) data; default: built-in digits")
+    p.add_argument("--calib", "--calib-data", metavar="DIR",
+                   help="calibration (and with --qat, fine-tuning) data; default: the built-in "
+                        "digits for a digits checkpoint; required for any other")
     p.add_argument("--image-size", type=cli.integer(min=1),
                    help="input resolution (default: what the checkpoint records; 224 with "
                         "ImageNet preprocessing for checkpoints that record nothing)")
@@ -88,14 +89,18 @@ def data_for(args, source):
     from quant.calibdata import data_kind, load_calibration
 
     recorded = source.dataset
-    if args.calib is None and recorded not in (None, "digits"):
+    spec, note = spec_of_checkpoint(source.checkpoint, args.image_size)
+    if args.calib is None and recorded != "digits":
+        # Only the built-in digits are at hand; calibrating any other model on them (or on
+        # made-up images) would fix its int8 ranges on the wrong inputs, silently.
+        if recorded is None:
+            raise UserError("%s records no data set, so it is taken as ImageNet at %d (as "
+                            "eval.py and predict.py do); pass --calib DIR with images of the "
+                            "data it was trained on (an ImageNet-style folder or any folder "
+                            "of images)" % (args.checkpoint, spec.size))
         raise UserError("%s was trained on %s; pass --calib DIR with images of that data "
                         "(the built-in digits would calibrate it on the wrong images)"
                         % (args.checkpoint, recorded))
-    spec, note = spec_of_checkpoint(source.checkpoint, args.image_size)
-    if note and args.calib is None:  # nothing recorded, digits by default: digits' own input
-        from deploy.preprocess import spec_for_dataset
-        spec, note = spec_for_dataset("digits", args.image_size or 32), None
     if note:
         print("note: " + note, file=sys.stderr)
     kind = data_kind(args.calib, recorded)
@@ -214,8 +219,11 @@ def main(argv=None):
         int8_logits = logits(OnnxModel(args.output, args.threads), data.check)
     result = metrics.agreement(float_logits, int8_logits, data.labels)
     print(result.describe("int8 (%s, %s)" % (fmt[1:], method)))
+    warning = metrics.low_sqnr_warning(result)
+    if warning:
+        print(warning, file=sys.stderr)
     report = dict(vars(result), output=args.output, method=method, format=fmt[1:],
-                  arch=str(source.info["arch"]))
+                  arch=str(source.info["arch"]), warning=warning)
     if args.qat:  # the weights moved: compare with the fine-tuned float model as well
         tuned = float_deploy(source, layers, linear)
         tuned_logits = logits(lambda b: tuned(mge.tensor(b)).numpy(), data.check)

@@ -17,10 +17,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tqdm import tqdm  # noqa: E402
 
 from common import cli  # noqa: E402
 from common.device import use_device  # noqa: E402
+from common.progress import progress  # noqa: E402
 
 
 def model_stats(arch, size=224, num_classes=1000):
@@ -91,7 +91,8 @@ def main(argv=None):
 
     names = list_models() if args.all else [check_name(n) for n in args.arch]
     rows = [model_stats(name, args.size, args.num_classes)
-            for name in tqdm(names, desc="counting", disable=len(names) < 2, leave=False)]
+            for name in progress(names, desc="counting", unit="model", leave=False,
+                                 enabled=len(names) > 1)]
     print(json.dumps(rows, indent=1) if args.json else format_table(rows))
     return 0
 
