@@ -130,7 +130,9 @@ class TrainConfig:
                                "for quick tests)")
     device: str = knob("auto", "auto (GPU if usable, else all CPU cores), cpu, cpuN, gpu")
     resume: bool = knob(False, "continue the run in --output (default: the newest "
-                        "runs/<arch>-<dataset>*) from its latest.pkl")
+                        "runs/<arch>-<data>*) from its latest.pkl, with the settings it "
+                        "records: a recipe flag given must equal them; --workers, --device, "
+                        "--no-progress ... may change")
     weights: Optional[str] = knob(None, "initialise from a train-form model checkpoint "
                                   "(best.pkl, latest.pkl, an imported .pkl) to fine-tune",
                                   metavar="CKPT")
@@ -200,6 +202,9 @@ def from_args(args):
     values = dict(dataset_defaults(dataset))
     if given.get("recipe"):
         values.update(RECIPES[given["recipe"]])
+    if "image_size" not in given and str(given.get("arch", "")).endswith(".json"):
+        from model.derived import arch_image_size  # a searched network: the size it was found at
+        values["image_size"] = arch_image_size(given["arch"], values.get("image_size"))
     values.update(given)
     values["dataset"] = dataset
     config = TrainConfig(**values)
