@@ -20,13 +20,13 @@ Concat                      Concat
 ResizeForward               Resize: nearest (asymmetric, floor: ``F.nn.interpolate``'s
                             "nearest") or linear (half-pixel: "bilinear",
                             ``align_corners=False``), by whole-number-exact scales
-Reduce MEAN / MAX over one  AveragePool / MaxPool over that axis (the SE blocks' spatial
-spatial axis                mean is two of them)
+Reduce MEAN over W, then H  GlobalAveragePool (an SE block's ``F.mean(x, axis=(2, 3))``)
 Identity                    nothing
 ==========================  ===========================================================
 
 Any other operator is refused with one line naming it (``OnnxExportError``). Every ONNX
-operator emitted is on the allow-list of ``deploy/onnx_check.py``. The batch dimension is
+operator emitted is on the allow-list of ``deploy/onnx_check.py`` (which the export's own check
+runs when it loads the file back). The batch dimension is
 dynamic. Never imports ``model``.
 """
 import io
@@ -37,13 +37,14 @@ from .onnx_export import OPSET, OnnxExportError
 
 INPUT_NAME = "data"
 
-_ELEMWISE = {"ADD": ["Add"], "SUB": ["Sub"], "MUL": ["Mul"], "TRUE_DIV": ["Div"],
-             "RELU": ["Relu"], "SIGMOID": ["Sigmoid"], "FUSE_ADD_RELU": ["Add", "Relu"],
+_ELEMWISE = {"ADD": ["Add"], "MUL": ["Mul"], "RELU": ["Relu"], "SIGMOID": ["Sigmoid"], "FUSE_ADD_RELU": ["Add", "Relu"],
              "FUSE_ADD_SIGMOID": ["Add", "Sigmoid"], "FUSE_MUL_ADD3": ["Mul", "Add"]}
 _NONLINEAR = {"IDENTITY": None, "RELU": "Relu", "SIGMOID": "Sigmoid"}
 SUPPORTED = ("ConvolutionForward", "ConvBiasForward", "Elemwise (%s)" % ", ".join(_ELEMWISE),
-             "Concat", "ResizeForward (nearest, linear)", "Reduce (MEAN, MAX over H or W)",
+             "Concat", "ResizeForward (nearest, linear)", "Reduce (MEAN over H and W)",
              "Identity")
+# a mean over one spatial axis: kept only as the first half of a global mean (pruned then)
+_PARTIAL_MEAN = "ReduceMean"
 
 
 def _data_inputs(op):
@@ -202,14 +203,34 @@ class _Translator:
             np.asarray(scales, np.float32))], **attrs)
 
     def _Reduce(self, op, var):
+        """A mean over H of a mean over W (MegEngine's ``F.mean(x, axis=(2, 3))``) is a
+        GlobalAveragePool; the inner mean alone is a placeholder that ``prune`` removes, or
+        refuses when something else reads it."""
         mode, axis, shape = _mode(op), int(op.params["axis"]), tuple(op.inputs[0].shape)
-        pool = {"MEAN": "AveragePool", "MAX": "MaxPool"}.get(mode)
-        if pool is None or len(shape) != 4 or axis not in (2, 3):
+        if mode != "MEAN" or len(shape) != 4 or axis not in (2, 3):
             raise OnnxExportError("cannot export a Reduce %s over axis %d of a %d-D tensor to "
-                                  "ONNX (supported: MEAN or MAX over H or W)"
+                                  "ONNX (supported: a MEAN over H and W)"
                                   % (mode, axis, len(shape)))
-        kernel = [shape[2], 1] if axis == 2 else [1, shape[3]]
-        return self.node(pool, [self.value(op.inputs[0])], kernel_shape=kernel)
+        inner = op.inputs[0].owner
+        if axis == 2 and type(inner).__name__ == "Reduce" and _mode(inner) == "MEAN" \
+                and int(inner.params["axis"]) == 3:
+            return self.node("GlobalAveragePool", [self.value(inner.inputs[0])])
+        return self.node(_PARTIAL_MEAN, [self.value(op.inputs[0])], axes=[axis], keepdims=1)
+
+    def prune(self, outputs):
+        """Drop the nodes no output depends on; refuse a partial mean something still reads."""
+        live, used = [], set(outputs)
+        for node in reversed(self.nodes):
+            if any(o in used for o in node.output):
+                live.append(node)
+                used.update(node.input)
+        self.nodes = live[::-1]
+        partial = [n for n in self.nodes if n.op_type == _PARTIAL_MEAN]
+        if partial:
+            raise OnnxExportError("cannot export a mean over one spatial axis to ONNX "
+                                  "(supported: a mean over H and W, as global pooling)")
+        names = {i for n in self.nodes for i in n.input}
+        self.initializers = [t for t in self.initializers if t.name in names]
 
 
 def traced_graph(forward, x, output_names):
@@ -253,6 +274,7 @@ def graph_to_onnx(network, output_names, metadata=None):
     shape = inputs[0].outputs[0].shape
     inp = helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT,
                                         ["batch"] + [int(d) for d in shape[1:]])
+    t.prune(list(output_names))
     graph = helper.make_graph(t.nodes, "repvgg_features", [inp], outputs, t.initializers)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="repvgg-megengine")
