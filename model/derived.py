@@ -17,10 +17,9 @@ Candidates (``build_op(name, C_in, C_out, stride)``): the nine FBNet blocks (``m
 width search) and the binary primitives of ``model.binary.primitives``, imported only when one
 is asked for.
 """
-import json
-
 import megengine.module as M
 
+from common import safe_json
 from errors import UserError
 
 from .fbnet import FBNET_BLOCKS, conv_bn_relu
@@ -126,6 +125,9 @@ def check_arch(arch):
             raise ArchError("architecture has no %r entry" % key)
     if not isinstance(arch["stem"], dict) or not isinstance(arch["stem"].get("channels"), int):
         raise ArchError("architecture 'stem' needs an integer 'channels'")
+    if not isinstance(arch["layers"], list) or not all(isinstance(l, dict)
+                                                       for l in arch["layers"]):
+        raise ArchError("architecture 'layers' must be a list of objects")
     prev = arch["stem"]["channels"]
     for i, layer in enumerate(arch["layers"]):
         missing = [k for k in ("op", "C_in", "C_out", "stride") if k not in layer]
@@ -152,12 +154,20 @@ def build_from_arch(arch, num_classes=None, deploy=False):
 
 def load_arch_file(path):
     try:
-        with open(path) as f:
-            return json.load(f)
+        with open(path, encoding="utf-8") as f:
+            return safe_json.loads(f.read(safe_json.MAX_BYTES + 1), path)
     except FileNotFoundError:
         raise ArchError("architecture file not found: %s" % path) from None
     except (OSError, ValueError) as e:
         raise ArchError("%s is not a readable JSON architecture file (%s)" % (path, e)) from None
+
+
+def arch_image_size(path, default=None):
+    """The input size the architecture file ``path`` was searched at (its ``image_size``: the
+    stride plan and the latency table were for it), else ``default``."""
+    arch = load_arch_file(path)
+    size = arch.get("image_size") if isinstance(arch, dict) else None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else default
 
 
 def build_from_arch_file(path, num_classes=None, deploy=False):
