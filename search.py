@@ -61,6 +61,12 @@ def add_space_args(p, default="digits"):
                         "binary_resnet18 32, tas_digits 16)")
 
 
+def add_classes_arg(p):
+    p.add_argument("--num-classes", type=cli.integer(min=2), default=None,
+                   help="classifier outputs replacing the preset's (10 for the presets but "
+                        "fbnet22's 1000); give the same to 'lut' and 'train'")
+
+
 def add_device_arg(p):
     p.add_argument("--device", default="auto",
                    help="auto (all CPU cores or GPU), cpu (one thread), cpuN, gpu")
@@ -77,6 +83,7 @@ def build_parser():
                                    "deploy form, warm-up then median of timed runs; binary "
                                    "candidates get the FLOPs + BOPs/64 proxy) and write JSON.")
     add_space_args(q)
+    add_classes_arg(q)
     add_device_arg(q)
     q.add_argument("--batch", type=POSITIVE, default=1, help="batch size of the timed inputs")
     q.add_argument("--warmup", type=COUNT, default=10, help="untimed runs per entry first")
@@ -91,12 +98,19 @@ def build_parser():
 
     q = sub.add_parser("train", formatter_class=_formatter,
                        help="train the supernet (weights by SGD, theta by Adam)",
-                       description="Search on the built-in digits: weights on one part of the "
-                                   "training split, theta on the disjoint rest; every epoch "
-                                   "validates the supernet (softmax mixture, no noise) and the "
-                                   "argmax architecture on the validation split.")
+                       description="Search on the built-in digits or a --data folder: weights "
+                                   "on one part of the training split, theta on the disjoint "
+                                   "rest; every epoch validates the supernet (softmax mixture, "
+                                   "no noise) and the argmax architecture on the validation "
+                                   "split.")
     add_space_args(q)
+    add_classes_arg(q)
     add_device_arg(q)
+    q.add_argument("--data", metavar="DIR", default=None,
+                   help="data folder, as train.py's: an image folder with train/<class>/ and "
+                        "val/<class>/, or CIFAR's python batches; held in memory at the "
+                        "space's --image-size (default: the built-in digits; a resumed run "
+                        "keeps its own)")
     q.add_argument("--lut", default=None,
                    help="latency table from 'search.py lut' (needed unless --resume)")
     q.add_argument("--out", default="runs/search", help="run folder (checkpoints, log)")
@@ -117,7 +131,8 @@ def build_parser():
                                    "builds and train.py --arch trains.")
     q.add_argument("--run", default="runs/search", help="run folder of 'search.py train'")
     q.add_argument("--which", choices=("best", "latest"), default="best",
-                   help="checkpoint: best validation accuracy, or the last epoch")
+                   help="checkpoint: best validation accuracy of an epoch that trained theta "
+                        "(ties: the lower theta loss), or the last epoch")
     q.add_argument("--mode", choices=("argmax", "sample"), default="argmax",
                    help="most likely op per layer, or draws from softmax(theta)")
     q.add_argument("--n", type=POSITIVE, default=1, help="number of sampled architectures")
@@ -132,8 +147,9 @@ def build_parser():
                                    "--measure, time the derived network and compare it with the "
                                    "table's prediction.")
     q.add_argument("--run", default="runs/search", help="run folder of 'search.py train'")
-    q.add_argument("--which", choices=("best", "latest"), default="latest",
-                   help="which checkpoint to show")
+    q.add_argument("--which", choices=("best", "latest"), default="best",
+                   help="checkpoint: best validation accuracy (as derive writes it), or the "
+                        "last epoch")
     q.add_argument("--png", default=None, help="chart path (default RUN/theta.png)")
     q.add_argument("--measure", action="store_true",
                    help="measure the argmax network (deploy form) and print measured vs "
@@ -181,7 +197,8 @@ def setup_logging(out_dir=None):
 def space_from_args(args):
     from search.space import get_space
 
-    return get_space(args.space, args.candidates, args.image_size)
+    return get_space(args.space, args.candidates, args.image_size,
+                     getattr(args, "num_classes", None))
 
 
 def cmd_lut(args):
@@ -209,13 +226,9 @@ def cmd_lut(args):
 
 
 def load_digits_for(space):
-    from data.digits import load_digits
+    from search.data import load_search_data
 
-    train, val, _ = load_digits(image_size=space.image_size)
-    if space.num_classes != 10:
-        raise UserError("space %s has %d classes; the built-in digits have 10"
-                        % (space.name, space.num_classes))
-    return train, val
+    return load_search_data(space)
 
 
 def cmd_train(args):
@@ -224,6 +237,7 @@ def cmd_train(args):
 
 
 def _train(args):
+    from search.data import load_search_data
     from search.latency import load_table
     from search.trainer import SearchConfig, Searcher, resume
 
@@ -233,8 +247,12 @@ def _train(args):
         from search.space import from_dict
 
         refuse_changes_on_resume(SearchConfig, args, allowed=("epochs",))
-        space = from_dict(load_run(latest)["space"])
-        train, val = load_digits_for(space)
+        state = load_run(latest)
+        space, data = from_dict(state["space"]), state.get("data")
+        if args.data and os.path.abspath(args.data) != os.path.abspath(data or ""):
+            raise UserError("--data cannot change on --resume (the run searched on %s)"
+                            % (data or "the built-in digits"))
+        train, val = load_search_data(space, data)
         searcher = resume(latest, train, val, args.out, epochs=args.epochs)
         setup_logging(args.out)
         log.info("resumed %s at epoch %d (tau %.4f)", latest, searcher.epoch, searcher.tau)
@@ -245,16 +263,17 @@ def _train(args):
         if not args.lut:
             raise UserError("--lut is required for a new search (make one with 'search.py lut')")
         space = space_from_args(args)
+        train, val = load_search_data(space, args.data)  # a class-count mismatch says so first
         lut = load_table(args.lut, space)
         config = config_from_args(SearchConfig, args)
-        train, val = load_digits_for(space)
         searcher = Searcher(space, lut, train, val, config, args.out)
+        searcher.data = os.path.abspath(args.data) if args.data else None
         setup_logging(args.out)
         log.info("search space %s (hash %s): %d layers x %d candidates; %d images for weights, "
                  "%d for theta, %d for validation", space.name, space.hash, len(space.layers),
                  len(space.candidates), len(searcher.w_idx), len(searcher.t_idx), len(val.labels))
     searcher.run(progress=not args.no_progress)
-    print("search done: %d epochs; checkpoints in %s" % (searcher.epoch, args.out))
+    print("search done: %s; checkpoints in %s" % (cli.count(searcher.epoch, "epoch"), args.out))
     return 0
 
 

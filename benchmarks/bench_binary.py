@@ -308,14 +308,19 @@ def print_table(label, rows, paths):
 
 def parse_args(argv):
     p = cli.ArgumentParser(__doc__)
-    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    p.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS))
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
+                   help="networks to benchmark (the two ResNet-18s and the searched one)")
+    p.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS),
+                   help="inference paths: " + "; ".join("%s = %s" % kv for kv in PATHS.items()))
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 16],
+                   help="batch sizes, one table row each")
     p.add_argument("--size", type=int, default=224, help="input size of the ResNet-18s")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="interleaved rounds over the paths (the median is reported)")
     p.add_argument("--runs", type=int, default=5, help="timed passes per measurement")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=threads_arg, default=cpu_count())
+    p.add_argument("--warmup", type=int, default=2, help="untimed passes before the timed ones")
+    p.add_argument("--threads", type=threads_arg, default=cpu_count(),
+                   help="CPU threads of every path")
     p.add_argument("--deadline", type=float, default=900.0,
                    help="seconds each child process may take")
     p.add_argument("--quick", action="store_true",

@@ -11,6 +11,7 @@
   "on by default"), or help that already names its default.
 - ``integer`` / ``number``: argparse ``type=`` checks with bounds (``--top 0``, ``--batch-size
   -5`` are refused as the argument's error, before any work).
+- ``count(n, noun)``: ``1 image`` / ``2 images`` in messages.
 - ``quiet_known_warnings()``: the one filter for numpy's note about this CPU's float subnormals.
 - ``run(main)``: user errors (bad input files, refusals) become one line on stderr and exit
   code 1; a bad command line is argparse's exit code 2; a closed pipe (``tool | head``) ends
@@ -126,6 +127,11 @@ def number(min=None, max=None, above=None):
     if above is not None:
         return _bounded(finite, "a number", above, max, True)
     return _bounded(finite, "a number", min, max, False)
+
+
+def count(n, noun, plural=None):
+    """``1 image``, ``2 images``, ``0 images``: a number with its noun in the right form."""
+    return "%d %s" % (n, noun if n == 1 else plural or noun + "s")
 
 
 def quiet_known_warnings():

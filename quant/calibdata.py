@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from common.cli import count
 from data.sources import DataError
 
 
@@ -105,8 +106,9 @@ def load_calibration(root, transform, dataset=None, calib_images=512, check_imag
             _batches(splits.train, calib_idx, transform, batch_size),
             _batches(splits.val, check_idx, transform, batch_size),
             np.asarray(splits.val.labels)[check_idx],
-            "%s: %d train images to calibrate, %d val images to check"
-            % (root or "built-in digits", len(calib_idx), len(check_idx)))
+            "%s: %s to calibrate, %s to check"
+            % (root or "built-in digits", count(len(calib_idx), "train image"),
+               count(len(check_idx), "val image")))
     files = _image_files(root)
     order = np.random.default_rng(seed).permutation(len(files))
     n_calib = min(calib_images, max(1, len(files) // 2)) if len(files) > 1 else 1
@@ -117,5 +119,5 @@ def load_calibration(root, transform, dataset=None, calib_images=512, check_imag
     return CalibrationData(
         _batches(source, calib_idx, transform, batch_size),
         _batches(source, check_idx, transform, batch_size), None,
-        "%s: %d images to calibrate, %d other images to check (no labels)"
-        % (root, len(calib_idx), len(check_idx)))
+        "%s: %s to calibrate, %s to check (no labels)"
+        % (root, count(len(calib_idx), "image"), count(len(check_idx), "other image")))

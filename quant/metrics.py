@@ -29,8 +29,9 @@ class Agreement:
     int8_top1: float = None
 
     def describe(self, name="int8", reference="float"):
-        text = "%s vs %s on %d images: top-1 agreement %.2f%%, logit SQNR %.1f dB" % (
-            name, reference, self.images, 100 * self.top1_agreement, self.sqnr_db)
+        text = "%s vs %s on %d image%s: top-1 agreement %.2f%%, logit SQNR %.1f dB" % (
+            name, reference, self.images, "" if self.images == 1 else "s",
+            100 * self.top1_agreement, self.sqnr_db)
         if self.float_top1 is not None:
             text += "; top-1 %s %.2f%%, int8 %.2f%% (%+.2f points)" % (
                 reference, 100 * self.float_top1, 100 * self.int8_top1,

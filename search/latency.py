@@ -91,6 +91,9 @@ class LatencyTable:
             if list(m.get("input_sizes", [])) != [l.input_size for l in space.layers]:
                 why.append("input sizes %s vs %s" % (m.get("input_sizes"),
                                                      [l.input_size for l in space.layers]))
+            if m.get("num_classes", space.num_classes) != space.num_classes:
+                why.append("%s classes vs %d (--num-classes)" % (m["num_classes"],
+                                                                space.num_classes))
             raise SpaceError("%s was built for another search space (hash %s, this space %s%s%s)"
                              % (what, m.get("space_hash"), space.hash, ": " if why else "",
                                 "; ".join(why)))
@@ -235,6 +238,7 @@ def measure_table(space, batch=1, warmup=10, runs=30, seed=0, progress=None, inn
     meta = {
         "space": space.name, "space_hash": space.hash, "candidates": list(space.candidates),
         "input_sizes": [l.input_size for l in space.layers], "image_size": space.image_size,
+        "num_classes": space.num_classes,
         "batch": batch, "device": device, "threads": device_threads(device),
         "megengine": mge.__version__, "machine": platform.machine(),
         "warmup": warmup, "runs": runs, "inner": inner,

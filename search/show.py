@@ -105,9 +105,10 @@ def report(state_path, png, measure=False, arch_path=None):
     lines.append("%-5s %8s %8s %8s %12s %8s %10s %7s" % ("epoch", "w_loss", "w_ce", "th_loss",
                                                    "E[lat]", "val_acc", "argmax_acc", "sec"))
     for r in state["history"]:
-        lines.append("%-5d %8.4f %8.4f %8.4f %12.1f %8.4f %10.4f %7.1f" % (
-            r["epoch"], r["w_loss"], r["w_ce"], r["theta_loss"], r["expected_latency"],
-            r["val_acc"], r["val_acc_argmax"], r["seconds"]))
+        theta = r["theta_loss"]  # NaN in a warm-up epoch: theta was not trained
+        lines.append("%-5d %8.4f %8.4f %8s %12.1f %8.4f %10.4f %7.1f" % (
+            r["epoch"], r["w_loss"], r["w_ce"], "-" if theta != theta else "%.4f" % theta,
+            r["expected_latency"], r["val_acc"], r["val_acc_argmax"], r["seconds"]))
     lines.append(format_theta(space, probs, lut))
     total = float((probs * lut.latency).sum()) + lut.fixed["stem"] + lut.fixed["head"]
     lines.append("expected latency (softmax(theta), stem %.1f + layers + head %.1f): %.1f %s"

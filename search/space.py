@@ -133,8 +133,9 @@ PRESETS = {
 }
 
 
-def get_space(name, candidates=None, image_size=None):
-    """A preset by name, optionally with other candidates or input size (a different hash)."""
+def get_space(name, candidates=None, image_size=None, num_classes=None):
+    """A preset by name, optionally with other candidates, input size or class count (a
+    different hash)."""
     try:
         preset = PRESETS[name]
     except KeyError:
@@ -143,4 +144,8 @@ def get_space(name, candidates=None, image_size=None):
     if image_size is not None and image_size < 4:
         raise SpaceError("image size must be at least 4, got %d" % image_size)
     space = preset() if image_size is None else preset(image_size)
+    if num_classes is not None:
+        if num_classes < 2:
+            raise SpaceError("a classifier needs at least 2 classes, got %d" % num_classes)
+        space = dataclasses.replace(space, num_classes=num_classes)
     return space.with_candidates(candidates) if candidates else space

@@ -134,6 +134,8 @@ class Searcher:
         self.gm_t = GradManager().attach([self.model.theta])
         self.rng = np.random.default_rng(config.seed)
         self.epoch, self.tau, self.history, self.best_acc = 0, config.tau0, [], None
+        self.best_loss = None  # theta's loss at the best epoch: the tie-break
+        self.data = None       # the --data folder (None: the built-in digits), recorded
 
     # --- one step -------------------------------------------------------------------------
     def _step(self, idx, gm, opt, theta):
@@ -205,22 +207,30 @@ class Searcher:
                "arch": [self.space.candidates[k] for k in self.choices()],
                "seconds": time.perf_counter() - start, "trained_theta": trains_theta}
         self.history.append(row)
-        log.info("epoch %d: w loss %.4f ce %.4f | theta loss %.4f | E[lat] %.1f %s | val acc "
-                 "%.4f (argmax path %.4f) | tau %.3f | %.1f s", e, w[0], w[1], t[0],
-                 row["expected_latency"], self.lut.unit, acc, acc_argmax, self.tau,
-                 row["seconds"])
+        log.info("epoch %d: w loss %.4f ce %.4f | theta loss %s | E[lat] %.1f %s | val acc "
+                 "%.4f (argmax path %.4f) | tau %.3f | %.1f s", e, w[0], w[1],
+                 "%.4f" % t[0] if trains_theta else "- (warm-up)", row["expected_latency"],
+                 self.lut.unit, acc, acc_argmax, self.tau, row["seconds"])
         if trains_theta:
             self.tau *= cfg.tau_decay
         self.epoch += 1
-        improved = trains_theta and (self.best_acc is None or acc > self.best_acc)
+        improved = trains_theta and self._beats_best(acc, t[0])
         if improved:
-            self.best_acc = acc
+            self.best_acc, self.best_loss = acc, t[0]
         if self.out_dir:
             ckpt = self.state_dict()
             save_checkpoint(ckpt, os.path.join(self.out_dir, "latest.pkl"))
             if improved or (self.epoch == cfg.epochs and self.best_acc is None):
                 save_checkpoint(ckpt, os.path.join(self.out_dir, "best.pkl"))
         return row
+
+    def _beats_best(self, acc, theta_loss):
+        """Better validation accuracy; on a tie, a lower theta loss (the searched objective):
+        with few validation images ties are common, and the earliest tied epoch has the least
+        trained theta. Warm-up epochs (theta untrained) never become best."""
+        if self.best_acc is None or acc > self.best_acc:
+            return True
+        return acc == self.best_acc and (self.best_loss is None or theta_loss < self.best_loss)
 
     def run(self, until_epoch=None, progress=True):
         """Train up to ``until_epoch`` (default: all configured epochs) from the current one."""
@@ -238,7 +248,8 @@ class Searcher:
                 "opt_w": to_numpy(self.opt_w.state_dict()),
                 "opt_t": to_numpy(self.opt_t.state_dict()),
                 "epoch": self.epoch, "tau": self.tau, "rng": self.rng.bit_generator.state,
-                "history": self.history, "best_acc": self.best_acc}
+                "history": self.history, "best_acc": self.best_acc,
+                "best_loss": self.best_loss, "data": self.data}
 
     def load_state_dict(self, state):
         self.model.load_state_dict(state["supernet"], strict=True)
@@ -247,6 +258,7 @@ class Searcher:
         self.epoch, self.tau = int(state["epoch"]), float(state["tau"])
         self.rng.bit_generator.state = state["rng"]
         self.history, self.best_acc = list(state["history"]), state["best_acc"]
+        self.best_loss, self.data = state.get("best_loss"), state.get("data")  # older runs: none
         return self
 
 

@@ -108,3 +108,42 @@ def test_prefix_abbreviations_are_refused(tool, args, abbreviation):
     proc = call_tool(tool, *args)
     assert proc.returncode == 2
     assert "unrecognized arguments: " + abbreviation in one_line_error(proc)
+
+
+class _Parsed(Exception):
+    pass
+
+
+def _parsers(parser):
+    """``parser`` and its sub-commands' parsers."""
+    import argparse
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found += _parsers(sub)
+    return found
+
+
+@pytest.mark.parametrize("tool", ["tools/eval.py", "tools/stats.py", "tools/convert.py",
+                                  "tools/export.py", "tools/quantize.py", "tools/predict.py",
+                                  "tools/infer.py", "search.py", "benchmarks/bench_binary.py"])
+def test_every_flag_says_what_it_does(tool, monkeypatch):
+    import argparse
+
+    from common import cli
+    from helpers import load_tool
+
+    seen = []
+
+    def capture(self, args=None, namespace=None):
+        seen.append(self)
+        raise _Parsed
+
+    monkeypatch.setattr(cli.ArgumentParser, "parse_args", capture)
+    with pytest.raises(_Parsed):
+        load_tool(tool).parse_args([])
+    silent = ["%s %s" % (p.prog, a.option_strings[0]) for p in _parsers(seen[0])
+              for a in p._actions if a.option_strings and a.help != argparse.SUPPRESS
+              and not (a.help or "").strip()]
+    assert silent == []

@@ -133,9 +133,9 @@ def main(argv=None):
     what = ("%s (%s, %s)" % (args.exported, arch_label(info["arch"]), label)
             if args.exported else "%s (%s, %s form)" % (args.checkpoint, arch_label(info["arch"]),
                                                         info["form"]))
-    print("%s on %s val (%d images, %dx%d%s): top-1 %.2f%%  top-5 %.2f%%  "
-          "loss %.4f" % (what, splits.name, result.images, size, size, skipped, result.top1,
-                         result.top5, result.loss))
+    print("%s on %s val (%s, %dx%d%s): top-1 %.2f%%  top-5 %.2f%%  "
+          "loss %.4f" % (what, splits.name, cli.count(result.images, "image"), size, size,
+                         skipped, result.top1, result.top5, result.loss))
     return 0
 
 

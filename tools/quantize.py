@@ -203,7 +203,7 @@ def main(argv=None):
         int8 = ptq.calibrate(network.QuantChain(layers, linear), data.calib, args.observer,
                              progress=args.progress)
 
-    method = "QAT %d epochs" % args.epochs if args.qat else "PTQ"
+    method = "QAT %s" % cli.count(args.epochs, "epoch") if args.qat else "PTQ"
     metadata = file_metadata(source, spec, data.check[0], method)
     if fmt == ".mge":
         from quant.mge_int8 import write_int8_mge
