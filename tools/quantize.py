@@ -5,8 +5,10 @@
     .venv/bin/python tools/quantize.py best.pkl --qat -o a0_qat_int8.mge
 
 Post-training quantization (default): the deploy form is calibrated on --calib-images images
-(--calib: a CIFAR batch folder, an ImageNet-style folder, or any folder of images; the built-in
-digits when omitted), then
+(--calib: a CIFAR batch folder, an ImageNet-style folder, or any folder of images; omitted, the
+built-in digits, for a checkpoint trained on them only), prepared with the checkpoint's own
+preprocessing (one that records no data set, such as an import of the official .pth, is
+ImageNet at 224, as in tools/eval.py and tools/predict.py), then
   .mge   MegEngine int8 (megengine.quantization; per-tensor weight scales after cross-layer
          equalization, see quant/equalize.py), dumped and checked with MegEngine Lite;
   .onnx  static QDQ int8 with per-channel weights (onnxruntime.quantization), run by ONNX
@@ -17,7 +19,8 @@ keeps the fine-tuned float weights as a deploy-form checkpoint.
 
 The report compares the int8 model with the float model on held-out images (the val split):
 top-1 agreement, logit SQNR (10 log10 of signal over error power), and top-1 accuracy of both
-when labels are known. The output is written only after it loaded and ran (atomically).
+when labels are known; a logit SQNR below 8 dB adds one warning line (quant/metrics.py). The
+output is written only after it loaded and ran (atomically).
 """
 import os
 import sys
