@@ -11,6 +11,7 @@ import megengine as mge
 from errors import CheckpointError
 
 from .atomic import atomic_write
+from .limits import Limits
 from .safe_pickle import UnsafePickleError, safe_load
 
 
@@ -36,13 +37,18 @@ def save_checkpoint(obj, path):
     return path
 
 
-def load_checkpoint(path):
-    """Read a checkpoint file safely; returns what was saved."""
+def load_checkpoint(path, limits=None):
+    """Read a checkpoint file safely; returns what was saved.
+
+    Before anything is unpickled the file's opcodes are scanned (``safe_pickle.scan``): every
+    payload must fit in the bytes the file holds, and what the load needs must fit in
+    ``limits.max_memory`` (``common.limits``; None: the defaults, 2 GiB)."""
     from .filekind import refuse_non_checkpoint
     refuse_non_checkpoint(path)  # a .pth, .onnx, .mge, .bnn or image: say what it is
+    limits = limits or Limits()
     try:
         with open(path, "rb") as f:
-            return safe_load(f)
+            return safe_load(f, max_memory=limits.max_memory)
     except FileNotFoundError:
         raise CheckpointError("checkpoint not found: %s" % path) from None
     except IsADirectoryError:

@@ -5,10 +5,25 @@ resolves only globals on an explicit allow-list. Anything else is either refused
 that names it, or — where the caller opts in — replaced by an inert ``Placeholder`` that records
 what the file asked for and is never called. Globals that could act on the system (``os.system``,
 ``builtins.eval``, ``subprocess.Popen``, ``torch.hub.load`` ...) are always refused.
+
+Memory is bounded before anything is allocated (``scan``): a pickle declares the length of every
+bytes/str payload (``BINBYTES8``, ``FRAME``, ...) and CPython's unpickler allocates that length
+*before* reading it, so an 80-byte file could ask for a terabyte. ``scan`` walks the opcodes
+without building anything, refuses a payload longer than what the file still holds, and returns
+what the load will need (payload bytes plus a per-opcode allowance for the objects built);
+``safe_load(max_memory=)`` refuses a file above that. numpy's reconstructors are guarded too:
+``numpy.ndarray`` itself (``ndarray((10**10,))`` would allocate on request) is an inert marker
+that only ``_reconstruct`` accepts, and ``_reconstruct`` only with the empty shape numpy's own
+pickles use; the array's real contents then come from its state, whose size numpy checks against
+the bytes present.
 """
 import collections
 import io
 import pickle
+import pickletools
+import struct
+
+import numpy as np
 
 # Modules whose globals a checkpoint never legitimately needs and that can act on the system.
 DENIED_MODULES = {
@@ -31,6 +46,34 @@ NUMPY_GLOBALS = {
 } | {("numpy", "ndarray"), ("numpy", "dtype")}
 
 CONTAINER_GLOBALS = {("collections", "OrderedDict")}
+
+# What one opcode's object may cost beyond its payload (a list, a dict slot, a small int...): the
+# allowance ``scan`` adds per opcode, so a file of a million tiny objects is counted too.
+OPCODE_ALLOWANCE = 128
+
+
+class NdarrayType:
+    """Stands for ``numpy.ndarray`` in a pickle: only ``_reconstruct`` may take it; calling it
+    (which would allocate an array of any shape the file names) is refused."""
+
+    def __new__(cls, *args, **kwargs):
+        raise UnsafePickleError("refusing to load: the file calls numpy.ndarray(...) directly, "
+                                "which allocates on request; numpy's own pickles never do")
+
+
+def _reconstruct(subtype, shape, dtype):
+    """numpy's ``_reconstruct`` as numpy's pickles call it: ``(ndarray, (0,), dtype)``."""
+    if subtype is not NdarrayType or not isinstance(shape, tuple) or shape != (0,):
+        raise UnsafePickleError("refusing to load: the file asks numpy to make an array of "
+                                "shape %.40r before its data (numpy's pickles use (0,))"
+                                % (shape,))
+    return np.ndarray.__new__(np.ndarray, (0,), dtype)
+
+
+# The guarded stand-ins for numpy globals (every other NUMPY_GLOBALS name resolves to numpy's).
+NUMPY_GUARDS = {("numpy", "ndarray"): NdarrayType}
+NUMPY_GUARDS.update({(mod + ".multiarray", "_reconstruct"): _reconstruct
+                     for mod in ("numpy.core", "numpy._core")})
 
 
 def _bytearray(source=b"", encoding=None, errors="strict"):
@@ -124,6 +167,9 @@ class SafeUnpickler(pickle.Unpickler):
         super().__init__(file, encoding=encoding)
         self._allowed = dict(HARMLESS_BUILTINS)
         self._allowed.update(allowed)
+        for key, guard in NUMPY_GUARDS.items():  # numpy's raw constructors are never handed out
+            if key in self._allowed and self._allowed[key] is None:
+                self._allowed[key] = guard
         self._use_placeholders = placeholders
         self._refuse = refuse
         self.placeholders = collections.Counter()
@@ -143,11 +189,75 @@ class SafeUnpickler(pickle.Unpickler):
                                 "allowed in a checkpoint" % key)
 
 
-def safe_load(file, allowed=(), placeholders=False, encoding="ASCII"):
+class PickleTooLarge(UnsafePickleError):
+    """A pickle that declares more memory than the caller allows (one line)."""
+
+
+class MalformedPickle(ValueError):
+    """A pickle that is truncated, or declares payloads longer than the file (one line)."""
+
+
+_LENGTH_PREFIX = {pickletools.TAKEN_FROM_ARGUMENT1: "<B", pickletools.TAKEN_FROM_ARGUMENT4: "<i",
+                  pickletools.TAKEN_FROM_ARGUMENT4U: "<I", pickletools.TAKEN_FROM_ARGUMENT8U: "<Q"}
+
+
+def scan(file):
+    """Walk the pickle in ``file`` (seekable; from its current position) without building it:
+    ``MalformedPickle`` for a payload or frame that declares more bytes than the file still
+    holds, an unknown opcode or a missing STOP; else the bytes the load may need (payloads plus
+    ``OPCODE_ALLOWANCE`` per opcode). The file is left where it was."""
+    start = file.tell()
+    end = file.seek(0, io.SEEK_END)
+    file.seek(start)
+    need = 0
+    try:
+        while True:
+            code = file.read(1)
+            if not code:
+                raise MalformedPickle("the pickle ends without its STOP opcode (truncated)")
+            op = pickletools.code2op.get(code.decode("latin-1"))
+            if op is None:
+                raise MalformedPickle("the pickle holds an unknown opcode %r" % code)
+            need += OPCODE_ALLOWANCE
+            arg = op.arg
+            if arg is not None and arg.n in _LENGTH_PREFIX:
+                fmt = _LENGTH_PREFIX[arg.n]
+                raw = file.read(struct.calcsize(fmt))
+                if len(raw) < struct.calcsize(fmt):
+                    raise MalformedPickle("the pickle is truncated inside %s" % op.name)
+                (length,) = struct.unpack(fmt, raw)
+                _check_length(op.name, length, end - file.tell())
+                file.seek(length, io.SEEK_CUR)
+                need += length
+            elif arg is not None:
+                value = arg.reader(file)  # a fixed-size number, or one text line
+                if op.name == "FRAME":
+                    _check_length("FRAME", value, end - file.tell())
+            if op.name == "STOP":
+                return need
+    except (ValueError, struct.error) as e:  # pickletools' readers on a short or bad argument
+        raise MalformedPickle("the pickle is malformed (%s)" % e) from None
+    finally:
+        file.seek(start)
+
+
+def _check_length(what, length, remaining):
+    if length < 0 or length > remaining:
+        raise MalformedPickle("the pickle declares a %s of %d bytes but only %d remain "
+                                "(truncated or crafted)" % (what, length, remaining))
+
+
+def safe_load(file, allowed=(), placeholders=False, encoding="ASCII", max_memory=None):
     """Load a pickle of plain containers and numpy arrays (plus the extra ``allowed`` globals,
     given as (module, name) pairs that resolve to the real objects). ``encoding`` is passed to
-    the unpickler ("bytes" reads Python 2 pickles such as CIFAR's)."""
+    the unpickler ("bytes" reads Python 2 pickles such as CIFAR's). The file goes through
+    ``scan`` first; ``max_memory`` (bytes) refuses one that needs more (``PickleTooLarge``)."""
     table = {key: None for key in NUMPY_GLOBALS | CONTAINER_GLOBALS | set(allowed)}
     if isinstance(file, (bytes, bytearray)):
         file = io.BytesIO(file)
+    need = scan(file)
+    if max_memory is not None and need > max_memory:
+        raise PickleTooLarge("the pickle needs about %.1f MiB to load, more than the limit of "
+                             "%.1f MiB (--max-memory raises it)"
+                             % (need / 2 ** 20, max_memory / 2 ** 20))
     return SafeUnpickler(file, table, placeholders=placeholders, encoding=encoding).load()

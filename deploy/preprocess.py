@@ -15,6 +15,7 @@ The spec is recorded in checkpoints (``preprocess``) and in exported models' met
 deployed model is fed exactly what it was evaluated on. Never imports ``model``.
 """
 import dataclasses
+import math
 
 import numpy as np
 
@@ -29,6 +30,13 @@ IMAGENET_RESIZE_RATIO = 0.875  # 224 / 256: resize the shorter side to size / 0.
 # refused rather than silently applied differently.
 RESIZE_POLICY = "shorter-side-bilinear"
 CROP_RULE = "center-round-half-even"
+# Largest input size and resize a recorded spec may ask for (a model file is untrusted): 4096 is
+# far past any real model, and keeps one prepared image under 200 MB.
+MAX_SIZE = 4096
+MAX_RESIZE = 2 * MAX_SIZE
+# An image so elongated that resizing its shorter side would make more pixels than this is
+# refused (a 1 x 50,000,000 image resized to 256 would be 12.8 gigapixels).
+MAX_RESIZED_PIXELS = 64 * 10 ** 6
 
 
 class PreprocessSpecError(UserError):
@@ -54,26 +62,60 @@ class PreprocessSpec:
     @classmethod
     def from_dict(cls, d):
         if not isinstance(d, dict):
-            raise PreprocessSpecError("the recorded preprocessing is not a dict: %r" % (d,))
+            raise PreprocessSpecError("the recorded preprocessing is not a dict: %.60r" % (d,))
         expected = {"resize_policy": RESIZE_POLICY, "crop": CROP_RULE, "layout": "NCHW",
                     "channel_order": "RGB"}
         for key, value in expected.items():
             if d.get(key, value) != value:
-                raise PreprocessSpecError("the recorded preprocessing has %s %r; this version "
+                raise PreprocessSpecError("the recorded preprocessing has %s %.60r; this version "
                                           "applies only %r" % (key, d[key], value))
         try:
-            spec = cls(size=int(d["size"]), resize=int(d["resize"]),
-                       mean=tuple(float(v) for v in d["mean"]),
-                       std=tuple(float(v) for v in d["std"]),
-                       value_scale=float(d.get("value_scale", 255.0)),
-                       name=str(d.get("name", "")))
-        except (KeyError, TypeError, ValueError) as e:
-            raise PreprocessSpecError("the recorded preprocessing is incomplete or malformed "
-                                      "(%s: %s)" % (type(e).__name__, e)) from None
-        if (len(spec.mean) != 3 or len(spec.std) != 3 or min(spec.std) <= 0
-                or spec.size < 1 or spec.resize < spec.size or spec.value_scale <= 0):
-            raise PreprocessSpecError("the recorded preprocessing is not valid: %r" % (d,))
+            spec = cls(size=_count(d["size"], "size", MAX_SIZE),
+                       resize=_count(d["resize"], "resize", MAX_RESIZE),
+                       mean=_triple(d["mean"], "mean"), std=_triple(d["std"], "std"),
+                       value_scale=_finite(d.get("value_scale", 255.0), "value_scale"),
+                       name=str(d.get("name", ""))[:200])
+        except KeyError as e:
+            raise PreprocessSpecError("the recorded preprocessing is incomplete (no %s)" % e) \
+                from None
+        if min(spec.std) <= 0 or spec.resize < spec.size or spec.value_scale <= 0:
+            raise PreprocessSpecError("the recorded preprocessing is not valid: size %d, resize "
+                                      "%d, std %s, value_scale %g (needs resize >= size, std and "
+                                      "value_scale > 0)" % (spec.size, spec.resize, spec.std,
+                                                            spec.value_scale))
         return spec
+
+
+def _finite(value, what):
+    """A finite float from a recorded number; PreprocessSpecError for inf, NaN, text, huge."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PreprocessSpecError("the recorded preprocessing has a %s that is not a number: %.60r"
+                                  % (what, value))
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise PreprocessSpecError("the recorded preprocessing has a %s that is not finite: %.60r"
+                                  % (what, value))
+    return number
+
+
+def _count(value, what, limit):
+    """A whole number of pixels in 1..limit."""
+    number = _finite(value, what)
+    if number != int(number) or not 1 <= number <= limit:
+        raise PreprocessSpecError("the recorded preprocessing has %s %.60r; expected a whole "
+                                  "number of pixels from 1 to %d" % (what, value, limit))
+    return int(number)
+
+
+def _triple(values, what):
+    """Three finite per-channel numbers."""
+    if not isinstance(values, (list, tuple)) or len(values) != 3:
+        raise PreprocessSpecError("the recorded preprocessing's %s must be 3 numbers (one per "
+                                  "channel), got %.60r" % (what, values))
+    return tuple(_finite(v, what) for v in values)
 
 
 def imagenet_spec(size):
@@ -100,9 +142,10 @@ def spec_of_checkpoint(checkpoint, size=None):
     if recorded.get("preprocess") is not None:
         spec = PreprocessSpec.from_dict(recorded["preprocess"])
     elif recorded.get("dataset"):
-        spec = spec_for_dataset(recorded["dataset"], int(recorded.get("image_size") or
-                                                         (224 if recorded["dataset"] ==
-                                                          "imagenet" else 32)))
+        size_recorded = recorded.get("image_size") or (224 if recorded["dataset"] ==
+                                                        "imagenet" else 32)
+        spec = spec_for_dataset(recorded["dataset"],
+                                _count(size_recorded, "image_size", MAX_SIZE))
     else:
         spec = imagenet_spec(size or 224)
         note = ("the checkpoint records no preprocessing; using ImageNet's (resize %d, crop "
@@ -145,6 +188,13 @@ def prepare(image, spec):
 
     image = image.convert("RGB")
     new = resized_shape(image.width, image.height, spec.resize)
+    if new[0] * new[1] > MAX_RESIZED_PIXELS:
+        from data.images import UnreadableImage
+
+        raise UnreadableImage("cannot prepare a %dx%d image: resizing its shorter side to %d "
+                              "would make %dx%d pixels (more than %d megapixels)"
+                              % (image.width, image.height, spec.resize, new[0], new[1],
+                                 MAX_RESIZED_PIXELS // 10 ** 6))
     if new != image.size:
         image = image.resize(new, Image.BILINEAR)
     if image.size != (spec.size, spec.size):
@@ -152,23 +202,22 @@ def prepare(image, spec):
     return normalize(image, spec.mean, spec.std, spec.value_scale)
 
 
-def load_image(path):
-    """Open an image file as RGB; ``UserError`` (one line) when it cannot be read."""
-    from PIL import Image
+def load_image(path, limits=None, size=None):
+    """Open an image file as 8-bit RGB with the one decoder of every tool
+    (``data.images.read_rgb``: size cap, truncation, 16-bit, palette, EXIF orientation, draft
+    JPEG decoding at ``size``); ``UnreadableImage`` (a ``UserError``, one line) when it cannot
+    be read."""
+    from data.images import read_rgb
 
-    try:
-        with Image.open(path) as opened:
-            return opened.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise UserError("cannot read image %s (%s)" % (path, str(e).splitlines()[0]
-                                                       if str(e) else type(e).__name__)) \
-            from None
+    return read_rgb(path, limits=limits, size=size)
 
 
-def preprocess_image(image, spec):
-    """A PIL image or a path -> ``prepare(image, spec)``."""
+def preprocess_image(image, spec, limits=None):
+    """A PIL image or a path -> ``prepare(image, spec)``; a path is decoded with
+    ``load_image`` at the spec's resize (so ``tools/predict.py`` and ``tools/infer.py`` decode
+    the same file to the same pixels)."""
     from PIL import Image
 
     if not isinstance(image, Image.Image):
-        image = load_image(image)
+        image = load_image(image, limits=limits, size=spec.resize)
     return prepare(image, spec)

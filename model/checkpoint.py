@@ -18,10 +18,12 @@ import numpy as np
 
 import megengine.module as M
 
+from common.limits import Limits
 from errors import CheckpointError
 
-from .derived import build_from_arch, load_arch_file
-from .registry import get_model
+from . import budget
+from .derived import build_from_arch, check_arch, load_arch_file
+from .registry import check_name, get_model
 
 # Keys of a checkpoint dict that describe the weights rather than the run.
 MODEL_KEYS = ("arch", "form", "num_classes", "state_dict")
@@ -44,10 +46,29 @@ def arch_label(arch):
     return str(arch)
 
 
-def build_model(arch, num_classes, deploy=False):
+def check_budget(arch, num_classes, deploy=False, limits=None, image_size=None, what=None):
+    """Refuse (``LimitError``, one line) an architecture whose description declares more
+    weights, activation memory or MACs per image than ``limits`` allow (``model.budget``:
+    estimated from the description, nothing built). ``image_size``: the input the caller will
+    run (default: the dict's recorded size, else 224)."""
+    if isinstance(arch, dict):
+        check_arch(arch)
+        num_classes = num_classes or arch.get("num_classes")
+        if not num_classes:
+            return None  # build_from_arch says what is missing
+    else:
+        arch = check_name(arch)
+    return budget.check(limits or Limits(), what or arch_label(arch), arch, num_classes,
+                        image_size, deploy)
+
+
+def build_model(arch, num_classes, deploy=False, limits=None, image_size=None, what=None):
     """Build ``arch``: a registered name (``model.get_model``), an architecture dict, or a path
-    to an ``arch.json`` written by the search (``model.derived``)."""
+    to an ``arch.json`` written by the search (``model.derived``). Every model a tool builds
+    from a name, a checkpoint or an ``arch.json`` comes here, and ``check_budget`` refuses one
+    that passes ``limits`` (None: the defaults) before anything is allocated."""
     arch = resolve_arch(arch)
+    check_budget(arch, num_classes, deploy, limits, image_size, what)
     if isinstance(arch, dict):
         return build_from_arch(arch, num_classes=num_classes, deploy=deploy)
     return get_model(arch, deploy=deploy, num_classes=num_classes)
@@ -152,11 +173,15 @@ def load_weights(model, state_dict, what="checkpoint"):
     return model
 
 
-def model_from_checkpoint(checkpoint, arch=None, what="checkpoint"):
+def model_from_checkpoint(checkpoint, arch=None, what="checkpoint", limits=None,
+                          image_size=None):
     """Build the model a loaded checkpoint describes and load its weights strictly.
 
     ``arch`` overrides the architecture recorded in the checkpoint (needed for bare state
     dicts). The form (train / deploy) and the number of classes come from the weights.
+    Before building, the architecture's budget is checked (``check_budget``) with ``limits``
+    at ``image_size`` (default: the recorded ``image_size``, else 224): a crafted checkpoint
+    that records a giant layer or a (10^9, 0) classifier weight is refused in one line.
     Returns ``(model, info)`` with info = {"arch", "form", "num_classes"}; the model is in
     eval mode.
     """
@@ -167,10 +192,17 @@ def model_from_checkpoint(checkpoint, arch=None, what="checkpoint"):
         raise CheckpointError("%s does not record its architecture; pass --arch" % what)
     info = {"arch": arch, "form": detect_form(state_dict, recorded.get("form")),
             "num_classes": infer_num_classes(state_dict)}
-    model = build_model(arch, info["num_classes"], deploy=info["form"] == "deploy")
+    model = build_model(arch, info["num_classes"], deploy=info["form"] == "deploy",
+                        limits=limits, image_size=image_size or _recorded_size(recorded),
+                        what=what)
     load_weights(model, state_dict, "%s (%s, %s form)" % (what, arch_label(arch), info["form"]))
     model.eval()
     return model, info
+
+
+def _recorded_size(recorded):
+    size = recorded.get("image_size")
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
 
 
 def metadata_of(checkpoint):

@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import cli  # noqa: E402
+from common import cli, limits  # noqa: E402
 from common.device import DEVICE_HELP, use_device  # noqa: E402
 
 
@@ -40,6 +40,7 @@ def parse_args(argv):
     p.add_argument("--batch", type=cli.integer(min=1, max=4096), default=32,
                    help="images per forward pass (memory grows with it)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    limits.add_arguments(p)
     args = p.parse_args(argv)
     cli.checkpoint_of(p, args)
     return args
@@ -62,16 +63,19 @@ def class_names(args, checkpoint, num_classes):
     return names
 
 
-def predict(model, transform, paths, batch):
-    """Yield ``(path, logits)`` for every image, ``batch`` images per forward pass."""
+def predict(model, transform, paths, batch, limits=None):
+    """Yield ``(path, logits)`` for every image, ``batch`` images per forward pass. Each image
+    is decoded and prepared as tools/infer.py does (``deploy.preprocess.preprocess_image``:
+    the one decoder, at the spec's resize), so both tools give one answer for one file."""
     import numpy as np
 
     import megengine as mge
-    from data.images import read_rgb
+    from deploy.preprocess import preprocess_image
 
     for start in range(0, len(paths), batch):
         chunk = paths[start:start + batch]
-        x = np.stack([transform(read_rgb(path), None) for path in chunk]).astype(np.float32)
+        x = np.stack([preprocess_image(path, transform.spec, limits)
+                      for path in chunk]).astype(np.float32)
         yield from zip(chunk, model(mge.tensor(x)).numpy())
 
 
@@ -85,13 +89,21 @@ def main(argv=None):
     from model.checkpoint import model_from_checkpoint
 
     paths = expand_images(args.images)  # before the model loads: a typo fails at once
-    checkpoint = load_checkpoint(args.checkpoint)
-    model, info = model_from_checkpoint(checkpoint, args.arch, args.checkpoint)
+    budget = limits.from_args(args)
+    checkpoint = load_checkpoint(args.checkpoint, limits=budget)
+    try:
+        dataset, size = checkpoint_data(checkpoint, args.dataset, None, args.image_size)
+    except (OverflowError, TypeError, ValueError):
+        raise cli.UserError("%s records a malformed image_size (%.40r)" % (
+            args.checkpoint, isinstance(checkpoint, dict) and checkpoint.get("image_size"))) \
+            from None
+    # The architecture's budget is checked at the size it will run before anything is built.
+    model, info = model_from_checkpoint(checkpoint, args.arch, args.checkpoint, limits=budget,
+                                        image_size=size)
     names = class_names(args, checkpoint, info["num_classes"])
-    dataset, size = checkpoint_data(checkpoint, args.dataset, None, args.image_size)
     transform = eval_transform(dataset, size)
     top = min(args.top, info["num_classes"])
-    for path, logits in predict(model, transform, paths, args.batch):
+    for path, logits in predict(model, transform, paths, args.batch, budget):
         (row,) = top_k(logits[None], top)
         print(path + ": " + ", ".join("%s %.2f%%" % (names[i], 100 * p) for i, p in row),
               flush=True)
