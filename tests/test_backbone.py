@@ -224,26 +224,32 @@ def test_classifier_frozen_stages_keep_their_bn_in_eval_mode_after_train():
         assert bn.training == (id(bn) not in frozen)
 
 
-def test_train_py_frozen_stages_and_norm_eval(tmp_path):
-    from common.checkpoint import load_checkpoint
+def test_train_py_frozen_stages_and_norm_eval(tmp_path, rng):
+    from common.checkpoint import load_checkpoint, save_checkpoint
     from helpers import run_tool
-    from training.loop import seed_everything
+    from model.checkpoint import checkpoint_dict
+    from model.parity import calibration_inputs, randomize_batchnorm
 
+    # fine-tuning starts from trained weights: BN statistics measured on data (norm_eval keeps
+    # them, so a fresh model's identity statistics would blow the activations up)
+    source = model.get_model("RepVGG-A0", num_classes=10)
+    randomize_batchnorm(source, rng, calibration_inputs(rng, (2, 3, 16, 16)))
+    initial = numpy_state_dict(source)
+    weights = str(tmp_path / "init.pkl")
+    save_checkpoint(checkpoint_dict(initial, "RepVGG-A0", "train"), weights)
     out = str(tmp_path / "run")
-    proc = run_tool("train.py", "--arch", "RepVGG-A0", "--epochs", "1",
-                    "--max-steps-per-epoch", "3", "--lr", "0.1", "--warmup-epochs", "0",
+    proc = run_tool("train.py", "--arch", "RepVGG-A0", "--weights", weights, "--epochs", "1",
+                    "--max-steps-per-epoch", "3", "--lr", "0.01", "--warmup-epochs", "0",
                     "--frozen-stages", "2", "--norm-eval", "--output", out,
                     "--image-size", "16", "--batch-size", "16", "--device", "cpu",
                     "--workers", "0", "--max-val-images", "16", "--eval-batch-size", "16",
                     "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     trained = load_checkpoint(os.path.join(out, "latest.pkl"))["state_dict"]
-    seed_everything(0)  # train.py's initial weights: --seed 0
-    initial = numpy_state_dict(model.get_model("RepVGG-A0", num_classes=10))
     for key, value in initial.items():
         if key.startswith(("stage0.", "stage1.")) or "running_" in key:
             np.testing.assert_array_equal(trained[key], value, err_msg=key)
-    assert not np.array_equal(trained["stage2.0.rbr_dense.conv.weight"],
-                              initial["stage2.0.rbr_dense.conv.weight"])
+    for key in ("stage2.0.rbr_dense.conv.weight", "stage3.0.rbr_dense.bn.weight"):
+        assert not np.array_equal(trained[key], initial[key]), key
     bad = run_tool("train.py", "--frozen-stages", "6", "--output", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "--frozen-stages" in bad.stderr
