@@ -25,11 +25,12 @@ import tempfile
 
 from common import cpus
 from common.cpus import cpu_count
+from common.limits import Limits
 from errors import ModelFileError
 
-from . import lite, lite_child
+from . import lite, lite_child, onnx_check
 from .dump import PORTABLE_LAYOUT
-from .modelfile import METADATA_FORMAT, METADATA_KEY, checked_batch, decode_metadata
+from .modelfile import METADATA_FORMAT, checked_batch, decode_metadata
 from .preprocess import PreprocessSpec, imagenet_spec
 
 log = logging.getLogger(__name__)
@@ -55,49 +56,61 @@ def spec_of(model):
                   % (spec.resize, spec.size))
 
 
-class OnnxModel:
-    """A ``.onnx`` file run by ONNX Runtime (CPU): ``model(batch) -> logits``."""
+ORT_QUIET = 4  # ONNX Runtime's FATAL: nothing of its own reaches stderr
 
-    def __init__(self, path, threads=None):
+
+def _first_line(error):
+    """The first line of a runtime's exception, for a one-line ``ModelFileError``."""
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:200]
+
+
+class OnnxModel:
+    """A ``.onnx`` file run by ONNX Runtime (CPU): ``model(batch) -> logits``. The file is
+    untrusted: ``deploy/onnx_check.py`` checks it (operators, signature, external data, and
+    its weights, activations and MACs against ``limits``; None: ``Limits()``) before ONNX
+    Runtime sees the bytes it checked; every batch is checked against the same budget."""
+
+    def __init__(self, path, threads=None, limits=None):
         import onnxruntime as ort
 
-        if not os.path.isfile(path):
-            raise ModelFileError("model file not found: %s" % path)
+        self.path, self.limits = path, limits or Limits()
+        checked = onnx_check.check_file(path, self.limits)
+        # ORT logs a failing node at ERROR (3) itself, before raising: only FATAL may print
+        ort.set_default_logger_severity(ORT_QUIET)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or cpu_count()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
+        options.log_severity_level = ORT_QUIET
         try:
-            self.session = ort.InferenceSession(path, options,
+            self.session = ort.InferenceSession(checked.data, options,
                                                 providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own exception types for every load failure
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelFileError("%s is not a loadable ONNX model (%s)" % (path, first[:200])) \
-                from None
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or len(inputs[0].shape) != 4:
-            raise ModelFileError("%s takes %d input(s) %s; expected one (N, 3, H, W) batch"
-                                 % (path, len(inputs), [i.shape for i in inputs]))
-        self._input, self._output = inputs[0].name, outputs[0].name
-        self._outputs = [o.name for o in outputs]
-        self.input_shape = tuple(d if isinstance(d, int) else 1 for d in inputs[0].shape)
-        last = outputs[0].shape[-1] if outputs[0].shape else None
-        self.num_classes = last if isinstance(last, int) else None
-        props = self.session.get_modelmeta().custom_metadata_map
-        self.metadata = decode_metadata(props.get(METADATA_KEY), path)
+            raise ModelFileError("%s is not a loadable ONNX model (%s)"
+                                 % (path, _first_line(e))) from None
+        self._input, self._outputs = checked.input_name, checked.output_names
+        self._output = self._outputs[0]
+        self.input_shape, self.num_classes = checked.input_shape, checked.num_classes
+        self.metadata = checked.metadata
+        self.budget = {"weights": checked.weights, "activations": checked.activations,
+                       "macs": checked.macs}
+
+    def _run(self, names, batch):
+        batch = checked_batch(batch, self.input_shape)
+        self.limits.check(self.path, batch=batch.shape[0], **self.budget)
+        try:
+            return self.session.run(names, {self._input: batch})
+        except Exception as e:  # ORT's own types (e.g. a static batch that does not fit)
+            raise ModelFileError("%s failed to run in ONNX Runtime (%s)"
+                                 % (self.path, _first_line(e))) from None
 
     def __call__(self, batch):
-        batch = checked_batch(batch, self.input_shape)
-        out = self.session.run([self._output], {self._input: batch})[0]
-        if self.num_classes is None:
-            self.num_classes = out.shape[-1]
-        return out
+        return self._run([self._output], batch)[0]
 
     def run_all(self, batch):
         """Every output of the graph, in order (a features model has one per stage)."""
-        return self.session.run(self._outputs, {self._input: checked_batch(batch,
-                                                                         self.input_shape)})
+        return self._run(self._outputs, batch)
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -131,9 +144,7 @@ class OpenVinoBf16Model:
     with float32 accumulation. The logits differ from float32 by about 1e-2 relative (the
     README's deploy section has the accuracy on trained models)."""
 
-    def __init__(self, path, threads=None):
-        import onnx
-
+    def __init__(self, path, threads=None, limits=None):
         with _stderr_quiet_if_megengine():
             import openvino as ov
         if not os.path.isfile(path):
@@ -142,26 +153,30 @@ class OpenVinoBf16Model:
             raise ModelFileError("--precision bf16 needs a CPU with bf16 instructions "
                                  "(avx512_bf16 or amx_bf16); this one (%s) has none"
                                  % cpus.cpu_name())
+        self.path, self.limits = path, limits or Limits()
+        checked = onnx_check.check_file(path, self.limits)  # as OnnxModel: before OpenVINO
         try:
-            proto = onnx.load(path, load_external_data=False)
-            compiled = ov.Core().compile_model(path, "CPU", {
+            core = ov.Core()
+            compiled = core.compile_model(core.read_model(checked.data), "CPU", {
                 "INFERENCE_NUM_THREADS": threads or cpu_count(),
                 "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16"})
-        except Exception as e:  # onnx and OpenVINO raise their own types for a bad file
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelFileError("%s is not a loadable ONNX model (%s)" % (path, first[:200])) \
-                from None
-        shape = [d.dim_value or 1 for d in proto.graph.input[0].type.tensor_type.shape.dim]
-        out = [d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim]
-        self.input_shape = tuple(shape)
-        self.num_classes = out[-1] if out and out[-1] else None
-        props = {p.key: p.value for p in proto.metadata_props}
-        self.metadata = decode_metadata(props.get(METADATA_KEY), path)
+        except Exception as e:  # OpenVINO raises its own types for a file it cannot read
+            raise ModelFileError("%s is not a loadable ONNX model (%s)"
+                                 % (path, _first_line(e))) from None
+        self.input_shape, self.num_classes = checked.input_shape, checked.num_classes
+        self.metadata = checked.metadata
+        self.budget = {"weights": checked.weights, "activations": checked.activations,
+                       "macs": checked.macs}
         self._request = compiled.create_infer_request()
 
     def __call__(self, batch):
         batch = checked_batch(batch, self.input_shape)
-        self._request.infer({0: batch})
+        self.limits.check(self.path, batch=batch.shape[0], **self.budget)
+        try:
+            self._request.infer({0: batch})
+        except Exception as e:  # OpenVINO's own types
+            raise ModelFileError("%s failed to run in OpenVINO (%s)"
+                                 % (self.path, _first_line(e))) from None
         return self._request.get_output_tensor(0).data.copy()
 
 
