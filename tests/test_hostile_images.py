@@ -142,11 +142,14 @@ def _top5(which, stdout):
 def test_predict_and_infer_give_one_answer_for_16_bit_and_draft_decoded_files(tmp_path,
                                                                                 models):
     # Issue 24 item 3: infer.py clipped a 16-bit PNG to white where predict.py scaled it.
-    rgb = smooth_rgb(40, 52, seed=3)
-    wide = (rgb.astype(">u2") * 257).tobytes()
-    rows = b"".join(b"\x00" + wide[r * 52 * 6:(r + 1) * 52 * 6] for r in range(40))
+    # A 16-bit greyscale PNG (Pillow's I;16) written from known 8-bit levels x 257.
+    grey = smooth_rgb(40, 52, seed=3)[:, :, 1]
+    wide = (grey.astype(">u2") * 257).tobytes()
+    rows = b"".join(b"\x00" + wide[r * 52 * 2:(r + 1) * 52 * 2] for r in range(40))
     png16 = tmp_path / "sixteen.png"
-    png16.write_bytes(png_bytes(52, 40, rows, colour=2, depth=16))
+    png16.write_bytes(png_bytes(52, 40, rows, colour=0, depth=16))
+    with Image.open(png16) as check:
+        assert check.mode.startswith("I;16")
     big_jpeg = tmp_path / "big.jpg"  # shorter side 300 >= 4 x 37: decoded at 1/4 in draft mode
     big_jpeg.write_bytes(encoded(smooth_rgb(300, 420, seed=4), "JPEG", quality=90))
     answers = {}
@@ -162,7 +165,7 @@ def test_predict_and_infer_give_one_answer_for_16_bit_and_draft_decoded_files(tm
             assert abs(pa - pb) <= 0.01 + 1e-9, (a, b)
     # The 16-bit file gives the answer of its 8-bit values (not of a white image).
     png8 = tmp_path / "eight.png"
-    Image.fromarray(rgb).save(png8)
+    Image.fromarray(grey).save(png8)
     proc = _tool("infer", models, png8)
     assert _top5("infer", proc.stdout) == answers["sixteen.png", "infer"]
 
