@@ -1,8 +1,8 @@
 """Running a packed binary model (``.bnn``, written by ``tools/export.py --format bnn``).
 
-The file is a NumPy ``.npz`` archive, read with ``allow_pickle=False`` (nothing in it is ever
-unpickled): ``header``, the UTF-8 JSON text below as a uint8 array, and the arrays it names
-(``a0``, ``a1``, ...; packed weights are uint64, little-endian as ``.npy`` records)::
+The file is a zip of ``.npy`` members (what ``np.savez`` writes): ``header``, the UTF-8 JSON
+text below as a uint8 array, and the arrays it names (``a0``, ``a1``, ...; packed weights are
+uint64, little-endian as ``.npy`` records)::
 
     {"format": "repvgg-binary-model/1", "word_bits": 64,
      "input_shape": [N, 3, H, W], "num_classes": 10, "output": 57,
@@ -10,52 +10,40 @@ unpickled): ``header``, the UTF-8 JSON text below as a uint8 array, and the arra
      "ops": [{"op": "conv", "inputs": [0], "out": 1, "weight": "a0", ...}, ...]}
 
 Value 0 is the input batch (NCHW in, NHWC inside); each op writes the value ``out``; ``output``
-is the logits. Ops (attributes in ``OPS``): ``conv`` (float conv, groups, optional sign of the
-input, pad value, shifted grid), ``bconv`` (``deploy/bitops.py``: XNOR-popcount over packed
-words, ``count·scale + shift``, plus its second input when it has one: a shortcut), ``affine``
-(per channel), ``relu``, ``add``, ``concat`` (channels), ``avgpool2`` (2x2 stride 2, ceil mode
-by edge replication), ``maxpool``, ``subsample`` (every s-th pixel, zero channels appended),
-``gap``, ``linear``.
+is the logits. Ops (attributes in ``bnn_format.OPS``): ``conv`` (float conv, groups, optional
+sign of the input, pad value, shifted grid), ``bconv`` (``deploy/bitops.py``: XNOR-popcount over
+packed words, ``count·scale + shift``, plus its second input when it has one: a shortcut),
+``affine`` (per channel), ``relu``, ``add``, ``concat`` (channels), ``avgpool2`` (2x2 stride 2,
+ceil mode by edge replication), ``maxpool``, ``subsample`` (every s-th pixel, zero channels
+appended), ``gap``, ``linear``.
 
-A file that is not such an archive, names an unknown op, lacks an array, or whose shapes do not
-fit together is one ``ModelFileError`` line: the header is checked op by op, then the model runs
-once on zeros at its input size (every shape is checked before a kernel touches memory). Never
-imports ``model`` or MegEngine. The float stem may run as one ONNX Runtime session
-(``_float_prefix``), checked against the numba ops when the file is opened.
+The file is untrusted. Opening it (``BinaryModel``) reads the zip's directory and each member's
+``.npy`` header without trusting them (``deploy/bnn_container.py``), checks the header against
+a strict schema and walks the ops on shapes alone (``deploy/bnn_format.py``), and checks the
+weights, peak activations, MACs and batch that walk gives against ``common.limits`` — all before
+any array is read or any kernel compiled. Only then are the arrays read and the model run once
+on zeros at its input size. Anything refused is one ``ModelFileError`` line. Never imports
+``model`` or MegEngine. The float stem may run as one ONNX Runtime session (``_float_prefix``),
+checked against the numba ops when the file is opened.
 """
 import json
 import logging
 import os
-import zipfile
 
 import numpy as np
 
+from common.limits import Limits
 from errors import ModelFileError
+
+from . import bnn_container, bnn_format
+from .bnn_format import OPS, last_uses
 
 log = logging.getLogger(__name__)
 
-BINARY_FORMAT = "repvgg-binary-model/1"
+BINARY_FORMAT = bnn_format.FORMAT
 SUFFIX = ".bnn"
-HEADER = "header"
-WORD_BITS = 64
-
-# op -> {attribute: kind}; kinds: "int", "ints" (two ints), "float", "bool",
-# "f32:<ndim>" / "u64:<ndim>" / "i64:<ndim>" (an array of the archive)
-_CONV = {"stride": "ints", "padding": "ints", "dilation": "ints", "relu": "bool",
-         "scale": "f32:1", "shift": "f32:1", "offset": "int"}
-OPS = {
-    "conv": dict(_CONV, weight="f32:3", kernel="ints", groups="int", pad_value="float",
-                 binarize="bool"),
-    "bconv": dict(_CONV, bits="u64:5", neg="i64:4", channels="int", pad_mode="int"),
-    "affine": {"scale": "f32:1", "shift": "f32:1", "relu": "bool"},
-    "relu": {}, "add": {}, "concat": {}, "avgpool2": {}, "gap": {},
-    "maxpool": {"kernel": "ints", "stride": "ints", "padding": "ints"},
-    "subsample": {"stride": "int", "extra": "int"},
-    "linear": {"weight": "f32:2", "bias": "f32:1"},
-}
-# inputs (fewest, most; None: any number); every other op takes one
-ARITY = {"add": (2, 2), "concat": (2, None), "bconv": (1, 2)}
-_DTYPES = {"f32": np.float32, "u64": np.uint64, "i64": np.int64}
+HEADER = bnn_container.HEADER
+WORD_BITS = bnn_format.WORD_BITS
 
 
 class _Bad(ValueError):
@@ -133,10 +121,8 @@ def op_conv(op, a, x):
     x = _shifted_pad(x, op["padding"], op["offset"], op["pad_value"])
     _out_len(x.shape[1], kh, op["stride"][0], op["dilation"][0])
     _out_len(x.shape[2], kw, op["stride"][1], op["dilation"][1])
-    weight = op.get("_kernel_weight")
-    if weight is None:  # (groups, kh·kw·C/g, O/g) -> the kernel's (groups, kh, kw, C/g, O/g)
-        weight = np.ascontiguousarray(w.reshape(groups, kh, kw, cg, w.shape[2]))
-        op["_kernel_weight"] = weight
+    # (groups, kh·kw·C/g, O/g) -> the kernel's (groups, kh, kw, C/g, O/g): a view, no copy
+    weight = np.ascontiguousarray(w.reshape(groups, kh, kw, cg, w.shape[2]))
     return bitops.float_conv(x, weight, a[op["scale"]], a[op["shift"]], tuple(op["stride"]),
                              tuple(op["dilation"]), op["relu"])
 
@@ -149,8 +135,8 @@ def op_bconv(op, a, x, residual=None):
     c = op["channels"]
     _need(x.shape[-1] == c and groups >= 1 and c % groups == 0 and og >= 1 and c >= 1,
           "bconv: input of %d channels for %d in %d groups", x.shape[-1], c, groups)
-    _need(words == bitops.words_for(c // groups), "bconv: %d words for %d channels per group",
-          words, c // groups)
+    _need(words == bnn_format.words_for(c // groups),
+          "bconv: %d words for %d channels per group", words, c // groups)
     _need(neg.shape == (groups, kh, kw, og), "bconv: counts %s for weights %s", neg.shape,
           bits.shape)
     _need(a[op["scale"]].shape == a[op["shift"]].shape == (groups * og,), "bconv: scale/shift")
@@ -159,8 +145,9 @@ def op_bconv(op, a, x, residual=None):
     _need(op["offset"] in (0, 1) and min(op["stride"]) >= 1 and min(op["dilation"]) >= 1
           and min(op["padding"]) >= 0, "bconv: bad stride/padding/dilation/offset")
     for axis, k in ((1, kh), (2, kw)):
-        size = bitops.out_size(x.shape[axis], k, op["stride"][axis - 1],
-                               op["padding"][axis - 1], op["dilation"][axis - 1], op["offset"])
+        size = bnn_format.out_size(x.shape[axis], k, op["stride"][axis - 1],
+                                   op["padding"][axis - 1], op["dilation"][axis - 1],
+                                   op["offset"])
         _need(size >= 1, "bconv: a %d-wide input is too small", x.shape[axis])
     packed = bitops.pack_signs(x, groups)
     return bitops.binary_conv(packed, bits, neg, a[op["scale"]], a[op["shift"]], c // groups,
@@ -238,15 +225,6 @@ def op_linear(op, a, x):
 RUN = {name: globals()["op_" + name] for name in OPS}
 
 
-def last_uses(ops):
-    """For each op, the values it reads for the last time (freed after it runs)."""
-    last = {}
-    for i, op in enumerate(ops):
-        for v in op["inputs"]:
-            last[v] = i
-    return [sorted({v for v in op["inputs"] if last[v] == i}) for i, op in enumerate(ops)]
-
-
 def execute(ops, arrays, output, x, free=None, values=None):
     """Run ``ops`` on the NCHW batch ``x``: the value ``output`` (NHWC, or (N, C) after
     ``gap``). ``values``: values already computed (then ``x`` is not read)."""
@@ -262,99 +240,59 @@ def execute(ops, arrays, output, x, free=None, values=None):
 
 
 # -- loading ----------------------------------------------------------------------------------
-def _check_attr(op, key, kind, arrays):
-    value = op.get(key)
-    if kind == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind == "ints":
-        ok = (isinstance(value, list) and len(value) == 2
-              and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
-    elif kind == "float":
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif kind == "bool":
-        ok = isinstance(value, bool)
-    else:
-        dtype, ndim = kind.split(":")
-        arr = arrays.get(value) if isinstance(value, str) else None
-        _need(arr is not None, "op %r: array %r is missing", op.get("op"), value)
-        ok = arr.dtype == _DTYPES[dtype] and arr.ndim == int(ndim)
-    _need(ok, "op %r: attribute %r is not a valid %s (%r)", op.get("op"), key, kind,
-          value if not isinstance(value, str) else value[:40])
+_ERRORS = bnn_container.ERRORS  # bnn_format.Invalid is a ValueError too
+_RUN_ERRORS = (_Bad, ValueError, IndexError, TypeError, ZeroDivisionError, OverflowError,
+               MemoryError)
 
 
-def _check_header(header, arrays):
-    _need(isinstance(header, dict), "the header is not a JSON object")
-    _need(header.get("format") == BINARY_FORMAT, "unknown format %r (expected %s)",
-          header.get("format"), BINARY_FORMAT)
-    _need(header.get("word_bits") == WORD_BITS, "word size %r", header.get("word_bits"))
-    shape = header.get("input_shape")
-    _need(isinstance(shape, list) and len(shape) == 4
-          and all(isinstance(d, int) and d >= 1 for d in shape), "input shape %r", shape)
-    _need(header.get("metadata") is None or isinstance(header["metadata"], str),
-          "metadata that is not JSON text")
-    ops = header.get("ops")
-    _need(isinstance(ops, list) and ops, "no ops")
-    defined = {0}
-    for op in ops:
-        _need(isinstance(op, dict) and op.get("op") in OPS, "unknown op %r",
-              op.get("op") if isinstance(op, dict) else op)
-        inputs, out = op.get("inputs"), op.get("out")
-        _need(isinstance(inputs, list) and all(isinstance(v, int) and v in defined
-                                               for v in inputs),
-              "op %r reads an undefined value", op["op"])
-        low, high = ARITY.get(op["op"], (1, 1))
-        _need(low <= len(inputs) <= (high or len(inputs)), "op %r takes %d to %s inputs, got %d",
-              op["op"], low, high or "any", len(inputs))
-        _need(isinstance(out, int) and out not in defined, "op %r: bad output value %r",
-              op["op"], out)
-        defined.add(out)
-        for key, kind in OPS[op["op"]].items():
-            _check_attr(op, key, kind, arrays)
-    _need(header.get("output") in defined and header.get("output") != 0,
-          "output value %r", header.get("output"))
+def _invalid(path, e):
+    return ModelFileError("%s is not a valid packed binary model (%s)" % (path, _one_line(e)))
+
+
+def _read(path, limits):
+    """``(Plan, arrays)`` of the file at ``path``: its directory, header and costs checked
+    (``LimitError`` past a budget) before any array is read."""
+    try:
+        with bnn_container.Archive(path, limits.max_memory) as archive:
+            plan = bnn_format.check(archive.header, archive.arrays)
+            limits.check(path, batch=plan.input_shape[0], **plan.budget())
+            return plan, {name: archive.read(name) for name in archive.arrays}
+    except _ERRORS as e:
+        raise _invalid(path, e) from None
 
 
 class BinaryModel:
     """A ``.bnn`` file: ``model(batch) -> logits`` (numpy), as ``runtime.open_model``'s other
-    formats (``input_shape``, ``num_classes``, ``metadata``, ``notes``)."""
+    formats (``input_shape``, ``num_classes``, ``metadata``, ``notes``). ``limits``: the budgets
+    (``common.limits.Limits``; None: the defaults) the file, and every batch it is given, must
+    fit."""
 
-    def __init__(self, path, threads=None):
+    def __init__(self, path, threads=None, limits=None):
         from common.cpus import cpu_count
 
-        from .modelfile import decode_metadata
+        from .modelfile import check_outputs, decode_metadata
 
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise ModelFileError("model file not found: %s" % path)
-        try:
-            with np.load(path, allow_pickle=False) as archive:  # C order for the kernels
-                arrays = {k: np.ascontiguousarray(archive[k]) for k in archive.files}
-            header = json.loads(bytes(arrays.pop(HEADER)).decode("utf-8"))
-            _check_header(header, arrays)
-        except (_Bad, KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile,
-                UnicodeDecodeError) as e:
-            raise ModelFileError("%s is not a valid packed binary model (%s)"
-                                 % (path, _one_line(e))) from None
-        self.path, self.ops, self.arrays = path, header["ops"], arrays
-        self.output = header["output"]
-        self.input_shape = tuple(header["input_shape"])
-        self.num_classes = header.get("num_classes")
-        self.metadata = decode_metadata(header.get("metadata"), path)
+        self.limits = limits or Limits()
+        plan, arrays = _read(path, self.limits)
+        self.path, self.ops, self.arrays, self.output = path, plan.ops, arrays, plan.output
+        self.input_shape, self.num_classes = plan.input_shape, plan.num_classes
+        self.budget = plan.budget()
+        self.metadata = decode_metadata(plan.metadata, path)  # common.safe_json, bounded
+        check_outputs(path, self.metadata, self.num_classes)
         self.notes = []
         self.binary_layers = sum(op["op"] == "bconv" for op in self.ops)
         self._free = last_uses(self.ops)
         _set_threads(threads or cpu_count())
         _keep_freed_memory()
-        try:  # every shape checked once, at the file's own input size
+        try:  # the kernels' own checks, once, at the file's own input size
             out = self._run(np.zeros((1,) + self.input_shape[1:], np.float32))
-            _need(out.ndim == 2, "the output has shape %s, not (N, classes)", out.shape)
-            _need(self.num_classes in (None, out.shape[1]), "%r classes recorded, %d computed",
-                  self.num_classes, out.shape[1])
-        except (_Bad, ValueError, IndexError, TypeError, ZeroDivisionError, OverflowError,
-                MemoryError) as e:
-            raise ModelFileError("%s is not a valid packed binary model (%s)"
-                                 % (path, _one_line(e))) from None
-        self.num_classes = out.shape[1]
+            _need(out.shape == (1, self.num_classes), "the output has shape %s, not (1, %d)",
+                  out.shape, self.num_classes)
+        except _RUN_ERRORS as e:
+            raise _invalid(path, e) from None
         self._prefix = _float_prefix(self.ops, self.arrays, self.output, threads or cpu_count(),
                                      self._run, self.input_shape)
 
@@ -375,7 +313,9 @@ class BinaryModel:
     def __call__(self, batch):
         from .modelfile import checked_batch as _checked_batch
 
-        return self._run(_checked_batch(batch, self.input_shape))
+        batch = _checked_batch(batch, self.input_shape)
+        self.limits.check(self.path, batch=batch.shape[0], **self.budget)
+        return self._run(batch)
 
 
 def _float_prefix(ops, arrays, output, threads, run, input_shape):
@@ -506,5 +446,5 @@ def _one_line(e):
     return (text[0] if text else type(e).__name__)[:200]
 
 
-def open_binary(path, threads=None):
-    return BinaryModel(path, threads)
+def open_binary(path, threads=None, limits=None):
+    return BinaryModel(path, threads, limits)

@@ -21,9 +21,18 @@ it as a binary input of that value, ``C - 2*neg(w)`` ... from the per-tap count 
 is ``offset=1``: windows start one row and column further, and the taps past the bottom/right
 edge are padding.
 
-Every kernel is ``cache=True``: compiled once per CPU model and numba version into numba's cache
-(``__pycache__`` beside this file, or the user's cache folder where that is read-only).
+Every kernel is compiled for fixed signatures only (``_kernel``: C-order, aligned, writable
+arrays of one dtype and rank, int64 sizes, booleans), when this module is imported; a call
+that does not fit one is a ``TypeError``, never a new specialization, so no input, however it
+was crafted, makes numba compile (and write) anything. The compiled code is cached outside the
+source tree: in ``NUMBA_CACHE_DIR`` where the user sets it, else in
+``$XDG_CACHE_HOME/repvgg-megengine/numba`` (``~/.cache/...``; created 0700), keyed by the CPU
+and numba version; where no such folder can be written the kernels are compiled in memory on
+each import (seconds) and nothing is written.
 """
+import contextlib
+import os
+
 import numpy as np
 
 import numba
@@ -31,9 +40,68 @@ from numba import njit, prange
 from numba.core import types
 from numba.extending import intrinsic
 
-WORD_BITS = 64
-PAD_ZERO, PAD_MINUS, PAD_PLUS = 0, -1, 1
-PAD_MODES = {0.0: PAD_ZERO, -1.0: PAD_MINUS, 1.0: PAD_PLUS}
+from .bnn_format import PAD_MINUS, PAD_MODES, PAD_PLUS, PAD_ZERO, WORD_BITS  # noqa: F401
+from .bnn_format import out_size, words_for  # noqa: F401  (the geometry the kernels follow)
+
+CACHE_FOLDER = ("repvgg-megengine", "numba")
+
+
+def _cache_dir():
+    """The folder the kernels are cached in, created if need be; None where none is writable
+    (then nothing is cached). Never beside the sources."""
+    if numba.config.CACHE_DIR:
+        path = numba.config.CACHE_DIR
+    else:
+        base = os.environ.get("XDG_CACHE_HOME", "")
+        if not os.path.isabs(base):
+            base = os.path.join(os.path.expanduser("~"), ".cache")
+        path = os.path.join(base, *CACHE_FOLDER)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError:
+        return None
+    return path if os.access(path, os.W_OK | os.X_OK) else None
+
+
+@contextlib.contextmanager
+def _numba_cache_dir(path):
+    """numba's user cache folder (``NUMBA_CACHE_DIR``) while the kernels are decorated: the
+    cache locator reads it then, once per kernel."""
+    saved = numba.config.CACHE_DIR
+    numba.config.CACHE_DIR = path
+    try:
+        yield
+    finally:
+        numba.config.CACHE_DIR = saved
+
+
+def _kernel(*signatures):
+    """``njit(parallel=True)`` compiled now for ``signatures`` only, cached in ``_cache_dir``."""
+    def compile(fn):
+        path = _cache_dir()
+        if path is None:
+            return njit(list(signatures), parallel=True)(fn)
+        with _numba_cache_dir(path):
+            return njit(list(signatures), parallel=True, cache=True)(fn)
+    return compile
+
+
+def _c(dtype, ndim):
+    """A C-order array type of ``dtype`` and ``ndim``."""
+    return types.Array(dtype, ndim, "C")
+
+
+_F32, _U64, _I64, _BOOL = types.float32, types.uint64, types.int64, types.boolean
+
+
+def _arg(a, dtype):
+    """``a`` as the kernels take it: C-order, aligned, writable, of ``dtype`` (a copy only where
+    it is not)."""
+    a = np.asarray(a)
+    if a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned and a.flags.writeable:
+        return a
+    return np.array(a, dtype, order="C")
 
 
 @intrinsic
@@ -48,12 +116,7 @@ def _popcount(typingctx, x):
     return sig, codegen
 
 
-def words_for(channels):
-    """64-bit words holding ``channels`` bits."""
-    return -(-channels // WORD_BITS)
-
-
-@njit(parallel=True, cache=True)
+@_kernel((_c(_F32, 2), _I64, _I64, _I64, _c(_U64, 3)))
 def _pack(x, groups, per_group, words, out):
     # x: (P, C) float32, out: (P, groups, words) uint64
     for p in prange(x.shape[0]):
@@ -74,9 +137,9 @@ def pack_signs(x, groups=1):
     n, h, w, c = x.shape
     per_group = c // groups
     words = words_for(per_group)
-    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(n * h * w, c)
+    flat = _arg(x, np.float32).reshape(n * h * w, c)
     out = np.empty((n * h * w, groups, words), np.uint64)
-    _pack(flat, groups, per_group, words, out)
+    _pack(flat, int(groups), int(per_group), int(words), out)
     return out.reshape(n, h, w, groups, words)
 
 
@@ -98,15 +161,8 @@ def negatives_per_tap(signs):
     return np.ascontiguousarray(signs.sum(axis=2).transpose(0, 2, 3, 1)).astype(np.int64)
 
 
-def out_size(size, kernel, stride, padding, dilation, offset=0):
-    """Output length of a binary conv along one axis; ``offset=1`` is the shifted half of a
-    factorized reduction (one row/column of extra padding at the end on odd sizes)."""
-    extra = size % 2 if offset else 0
-    span = dilation * (kernel - 1) + 1
-    return (size + 2 * padding + extra - offset - span) // stride + 1
-
-
-@njit(parallel=True, cache=True)
+@_kernel((_c(_U64, 5), _c(_U64, 5), _c(_I64, 4), _c(_F32, 1), _c(_F32, 1), _c(_F32, 4),
+          _c(_F32, 4)) + (_I64,) * 9 + (_BOOL, _BOOL))
 def _binary_conv(xp, wbits, wneg, scale, shift, res, out, stride_h, stride_w, pad_h, pad_w,
                  dil_h, dil_w, offset, pad_mode, per_group, relu, has_res):
     n_batch, in_h, in_w, groups, words = xp.shape
@@ -166,11 +222,13 @@ def binary_conv(packed, wbits, wneg, scale, shift, per_group, stride=(1, 1), pad
     if residual is not None and residual.shape != out.shape:
         raise ValueError("residual of shape %s for an output of shape %s"
                          % (residual.shape, out.shape))
-    res = (np.ascontiguousarray(residual, np.float32) if residual is not None
+    res = (_arg(residual, np.float32) if residual is not None
            else np.zeros((1, 1, 1, 1), np.float32))
-    _binary_conv(packed, wbits, wneg, scale, shift, res, out, stride[0], stride[1], padding[0],
-                 padding[1], dilation[0], dilation[1], offset, pad_mode, per_group, bool(relu),
-                 residual is not None)
+    sizes = (stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], offset,
+             pad_mode, per_group)
+    _binary_conv(_arg(packed, np.uint64), _arg(wbits, np.uint64), _arg(wneg, np.int64),
+                 _arg(scale, np.float32), _arg(shift, np.float32), res, out,
+                 *[int(v) for v in sizes], bool(relu), residual is not None)
     return out
 
 
@@ -180,7 +238,8 @@ def set_threads(threads):
 
 
 # -- the float parts around the binary convs --------------------------------------------------
-@njit(parallel=True, cache=True)
+@_kernel((_c(_F32, 4), _c(_F32, 5), _c(_F32, 1), _c(_F32, 1), _c(_F32, 4)) + (_I64,) * 4
+         + (_BOOL,))
 def _float_conv(xp, w, scale, shift, out, stride_h, stride_w, dil_h, dil_w, relu):
     # xp: padded NHWC input; w: (groups, kh, kw, C/g, O/g); 4 output columns share each weight
     # load (the innermost loop, over output channels, is vectorized)
@@ -239,12 +298,13 @@ def float_conv(xp, w, scale, shift, stride=(1, 1), dilation=(1, 1), relu=False):
     if oh < 1 or ow < 1:
         raise ValueError("a %dx%d input is too small for a %dx%d kernel" % (h, wd, kh, kw))
     out = np.empty((n, oh, ow, groups * og), np.float32)
-    _float_conv(np.ascontiguousarray(xp, np.float32), w, scale, shift, out, stride[0],
-                stride[1], dilation[0], dilation[1], bool(relu))
+    _float_conv(_arg(xp, np.float32), _arg(w, np.float32), _arg(scale, np.float32),
+                _arg(shift, np.float32), out, int(stride[0]), int(stride[1]), int(dilation[0]),
+                int(dilation[1]), bool(relu))
     return out
 
 
-@njit(parallel=True, cache=True)
+@_kernel((_c(_F32, 2), _c(_F32, 1), _c(_F32, 1), _BOOL, _c(_F32, 2)))
 def _affine(x, scale, shift, relu, out):
     for p in prange(x.shape[0]):
         for c in range(x.shape[1]):
@@ -254,13 +314,13 @@ def _affine(x, scale, shift, relu, out):
 
 def affine(x, scale, shift, relu=False):
     """``x * scale + shift`` per channel (the last axis), ReLU optional; parallel."""
-    flat = np.ascontiguousarray(x, np.float32).reshape(-1, x.shape[-1])
+    flat = _arg(x, np.float32).reshape(-1, x.shape[-1])
     out = np.empty_like(flat)
-    _affine(flat, scale, shift, bool(relu), out)
+    _affine(flat, _arg(scale, np.float32), _arg(shift, np.float32), bool(relu), out)
     return out.reshape(x.shape)
 
 
-@njit(parallel=True, cache=True)
+@_kernel((_c(_F32, 1), _c(_F32, 1), _c(_F32, 1)))
 def _add(a, b, out):
     for i in prange(a.shape[0]):
         out[i] = a[i] + b[i]
@@ -268,7 +328,9 @@ def _add(a, b, out):
 
 def add(a, b):
     """``a + b`` of two float32 arrays of one shape; parallel."""
-    a = np.ascontiguousarray(a, np.float32)
+    if np.shape(a) != np.shape(b):
+        raise ValueError("add: shapes %s and %s" % (np.shape(a), np.shape(b)))
+    a = _arg(a, np.float32)
     out = np.empty_like(a)
-    _add(a.reshape(-1), np.ascontiguousarray(b, np.float32).reshape(-1), out.reshape(-1))
+    _add(a.reshape(-1), _arg(b, np.float32).reshape(-1), out.reshape(-1))
     return out
