@@ -321,6 +321,21 @@ def test_hostile_onnx_is_refused_in_one_line(case, tmp_path):
     assert listing(tmp_path) == before
 
 
+@pytest.mark.parametrize("case", ["external-absolute", "loop"])
+def test_the_bf16_route_checks_the_file_too(case, tmp_path):
+    """--precision bf16 (OpenVINO) opens the file through the same check; on a CPU without
+    bf16 instructions it is refused for that first."""
+    from common import cpus
+    from deploy.runtime import open_model
+    from errors import ModelFileError
+
+    build, expected = HOSTILE[case]
+    path = build(str(tmp_path))
+    with pytest.raises(ModelFileError) as refused:
+        open_model(path, threads=1, precision="bf16")
+    assert (expected if cpus.has_bf16() else "bf16 instructions") in str(refused.value)
+
+
 def test_benchmark_of_a_refused_file_is_refused_too(tmp_path):
     """--benchmark allocates the batch the file records: it must not get that far."""
     path = huge_batch(str(tmp_path))
