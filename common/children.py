@@ -35,11 +35,12 @@ class ChildTimeout(ChildError):
     """A child process that did not finish within its deadline (it was killed)."""
 
 
-def command(cmd, deadline, scratch=()):
+def command(cmd, deadline, scratch=(), rlimit_as=None):
     """``cmd`` wrapped in the lifeline: run by this interpreter, tied to this process; the
-    ``scratch`` paths are removed if this process dies first or the deadline passes."""
-    return [sys.executable, LIFELINE, str(os.getpid()), "%.3f" % deadline, str(len(scratch)),
-            *map(str, scratch), *map(str, cmd)]
+    ``scratch`` paths are removed if this process dies first or the deadline passes.
+    ``rlimit_as``: the command's address-space limit in bytes (RLIMIT_AS; None: none)."""
+    return [sys.executable, LIFELINE, str(os.getpid()), "%.3f" % deadline,
+            str(int(rlimit_as or 0)), str(len(scratch)), *map(str, scratch), *map(str, cmd)]
 
 
 def _stop(proc):
@@ -57,14 +58,15 @@ def _stop(proc):
 
 class Child:
     """A process started through the lifeline (``subprocess.Popen`` arguments), killed when the
-    ``with`` block ends or this process dies; ``wait`` raises ``ChildTimeout`` at the deadline."""
+    ``with`` block ends or this process dies; ``wait`` raises ``ChildTimeout`` at the deadline.
+    ``rlimit_as``: the command's address-space limit in bytes (None: none)."""
 
-    def __init__(self, cmd, deadline, what=None, scratch=(), **popen_kwargs):
+    def __init__(self, cmd, deadline, what=None, scratch=(), rlimit_as=None, **popen_kwargs):
         self.what = what or os.path.basename(str(cmd[0]))
         self.deadline = deadline
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(command(cmd, deadline, scratch), start_new_session=True,
-                                     **popen_kwargs)
+        self.proc = subprocess.Popen(command(cmd, deadline, scratch, rlimit_as),
+                                     start_new_session=True, **popen_kwargs)
 
     def __enter__(self):
         return self
@@ -110,10 +112,12 @@ class Child:
                                " (its last words: %s)" % said if said else ""))
 
 
-def run(cmd, deadline, what=None, check=False, input=None, scratch=(), **popen_kwargs):
+def run(cmd, deadline, what=None, check=False, input=None, scratch=(), rlimit_as=None,
+        **popen_kwargs):
     """Run ``cmd`` to its end (at most ``deadline`` seconds): a ``CompletedProcess``.
     ``scratch``: files or folders the child's lifeline removes if this process is killed
-    meanwhile, or at the deadline (otherwise they are the caller's to remove).
+    meanwhile, or at the deadline (otherwise they are the caller's to remove). ``rlimit_as``:
+    the command's address-space limit in bytes (RLIMIT_AS, set just before it is exec'd).
 
     ``check``: a non-zero exit is a ``ChildError`` naming ``what`` and the child's last stderr
     line. ``capture_output``, ``text``, ``cwd``, ``env`` ... as for ``subprocess.run``."""
@@ -121,7 +125,7 @@ def run(cmd, deadline, what=None, check=False, input=None, scratch=(), **popen_k
         popen_kwargs.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if input is not None:
         popen_kwargs.setdefault("stdin", subprocess.PIPE)
-    with Child(cmd, deadline, what, scratch, **popen_kwargs) as child:
+    with Child(cmd, deadline, what, scratch, rlimit_as, **popen_kwargs) as child:
         out, err = child.communicate(input)
     proc = subprocess.CompletedProcess(cmd, child.proc.returncode, out, err)
     if check and proc.returncode != 0:

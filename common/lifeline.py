@@ -1,6 +1,6 @@
 """The supervisor between the toolkit and every process it starts (``common/children.py``).
 
-    python common/lifeline.py PARENT_PID DEADLINE_S N PATH_1 ... PATH_N COMMAND [ARG...]
+    python common/lifeline.py PARENT_PID DEADLINE_S RLIMIT_AS N PATH_1 ... PATH_N COMMAND [ARG...]
 
 It runs COMMAND in a process group of its own and guarantees three things, whatever COMMAND
 does (MegEngine can hang in its exit handlers after a kernel error, holding every thread):
@@ -14,6 +14,11 @@ does (MegEngine can hang in its exit handlers after a kernel error, holding ever
   a worker) is killed. PATH_1 ... PATH_N (scratch files or folders the parent made for the
   command) are removed when the parent can no longer do it: at the deadline, or when the
   parent died.
+
+RLIMIT_AS (bytes; 0: none) is COMMAND's address-space limit, set between fork and exec, so a
+native parser that a crafted file drives into allocating fails an allocation instead of
+exhausting the machine (``common.limits.child_address_space``); the lifeline itself runs
+without it.
 
 COMMAND itself dies by SIGKILL if the lifeline does. The lifeline is single-threaded, so setting
 that up between fork and exec is safe here (it is not in a parent running MegEngine's threads,
@@ -61,13 +66,21 @@ def _remove(paths):
                 pass
 
 
-def _exec_setup():  # in the forked command, before exec: dies when the lifeline dies
-    set_parent_death_signal(signal.SIGKILL)
+def _exec_setup(rlimit_as):
+    """The forked command's set-up before exec: it dies when the lifeline dies, and gets its
+    address-space limit (``rlimit_as`` bytes; 0: none)."""
+    def setup():
+        set_parent_death_signal(signal.SIGKILL)
+        if rlimit_as:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, (rlimit_as, rlimit_as))
+    return setup
 
 
 def main(argv):
-    parent, deadline, n = int(argv[0]), float(argv[1]), int(argv[2])
-    scratch, command = argv[3:3 + n], argv[3 + n:]
+    parent, deadline, rlimit_as, n = int(argv[0]), float(argv[1]), int(argv[2]), int(argv[3])
+    scratch, command = argv[4:4 + n], argv[4 + n:]
     child = None
 
     def stop(signum=None, frame=None):
@@ -81,7 +94,7 @@ def main(argv):
     set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != parent:  # the parent died before the line above
         stop()
-    child = subprocess.Popen(command, start_new_session=True, preexec_fn=_exec_setup)
+    child = subprocess.Popen(command, start_new_session=True, preexec_fn=_exec_setup(rlimit_as))
     end = time.monotonic() + deadline
     while True:
         try:

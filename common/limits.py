@@ -35,8 +35,12 @@ DEFAULT_MAX_MEMORY = 2 * GIB      # weights + batch x peak activations, bytes
 DEFAULT_MAX_BATCH = 1024
 DEFAULT_MAX_MEGAPIXELS = 50.0     # decoded image size (a 50 MP RGB image is 150 MB)
 # A child process that parses a file with native code (MegEngine, ONNX Runtime) runs under an
-# address-space limit (RLIMIT_AS) of max_memory plus this much for the runtime itself.
-CHILD_RUNTIME_OVERHEAD = 6 * GIB
+# address-space limit (RLIMIT_AS) of this much for the runtime itself plus CHILD_MEMORY_COPIES x
+# max_memory. Measured (VmPeak of deploy/lite_child.py inspect, 4 threads, MALLOC_ARENA_MAX=2):
+# 2.2 GB for RepVGG-A0 (33 MB of weights), of which 1.9 GB is importing MegEngine; 3.75 GB for
+# RepVGG-B3 (444 MB): parsing the graph holds about 3.5 copies of the weights at once.
+CHILD_RUNTIME_OVERHEAD = 3 * GIB
+CHILD_MEMORY_COPIES = 4
 
 
 class LimitError(ModelFileError):
@@ -92,7 +96,7 @@ class Limits:
 
     def child_address_space(self):
         """Bytes of address space (RLIMIT_AS) for a child that parses a file natively."""
-        return self.max_memory + CHILD_RUNTIME_OVERHEAD
+        return CHILD_MEMORY_COPIES * self.max_memory + CHILD_RUNTIME_OVERHEAD
 
 
 def parse_size(text):

@@ -3,6 +3,7 @@
 This module never imports ``model``: ``tools/infer.py`` relies on that.
 """
 import contextlib
+import io
 import logging
 import os
 
@@ -42,10 +43,13 @@ class DumpedModel:
     algo_cache  a fast-run algorithm cache file (``deploy.algo_profile``): fast-run then looks the
               choices up instead of profiling (implies ``fastrun``). MegEngine keeps one cache
               per process (``LiteGlobal.set_persistent_cache``): the last one set wins.
+    data      the file's bytes, already read (``deploy.runtime.open_mge`` loads exactly the
+              bytes its child process checked); None: read ``path``
     """
 
     def __init__(self, path, threads=None, fastrun=False, weight_preprocess=False,
-                 record=False, global_layout=False, algo_cache=None, layout=PORTABLE_LAYOUT):
+                 record=False, global_layout=False, algo_cache=None, layout=PORTABLE_LAYOUT,
+                 data=None):
         from megenginelite import (LiteAlgoSelectStrategy, LiteConfig, LiteGlobal, LiteNetwork,
                                    LiteOptions)
 
@@ -62,10 +66,12 @@ class DumpedModel:
             raise ValueError("unknown layout %r; known: %s" % (layout, ", ".join(LAYOUTS)))
         if LAYOUTS[layout]:
             setattr(options, LAYOUTS[layout], 1)
+        self.path = path
         self.network = LiteNetwork(LiteConfig(option=options))
         self.threads = threads or cpu_count()
         if self.threads > 1:
             self.network.threads_number = self.threads
+        self.fastrun = bool(fastrun)  # each new input shape is profiled on its first call
         if fastrun:
             self.network.set_network_algo_policy(LiteAlgoSelectStrategy.LITE_ALGO_PROFILE
                                                  | LiteAlgoSelectStrategy.LITE_ALGO_REPRODUCIBLE)
@@ -73,11 +79,11 @@ class DumpedModel:
             self.network.enable_global_layout_transform()
         try:
             with _quiet_lite_errors():
-                self.network.load(path)
+                # Lite takes a path or a BufferedReader; it reads either into memory
+                self.network.load(path if data is None
+                                  else io.BufferedReader(io.BytesIO(data)))
         except RuntimeError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelFileError("%s is not a loadable MegEngine model (%s)" % (path, first)) \
-                from None
+            raise not_loadable(path, e) from None
         names = self.network.get_all_input_name()
         if len(names) != 1:
             raise ModelFileError("%s has %d inputs (%s); expected one image batch"
@@ -94,11 +100,18 @@ class DumpedModel:
         out_layout = self._output.layout
         self.num_classes = int(out_layout.shapes[out_layout.ndim - 1])
 
+    # set by deploy.runtime.open_mge: the budgets (common.limits) and what one image costs
+    # (weights, activations, macs); every batch is checked against them before it runs
+    limits = None
+    budget = None
+
     def __call__(self, batch):
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1:] != self.input_shape[1:]:
             raise ValueError("input of shape %s does not fit the model's (N, %d, %d, %d)"
                              % ((batch.shape,) + self.input_shape[1:]))
+        if self.limits is not None:
+            self.limits.check(self.path, batch=batch.shape[0], **self.budget)
         self._input.set_data_by_copy(batch)
         self.network.forward()
         self.network.wait()
@@ -111,22 +124,32 @@ class DumpedModel:
         return [t.to_numpy().copy() for t in self._outputs]
 
 
+def not_loadable(path, error):
+    """The one-line ``ModelFileError`` for a ``.mge`` that MegEngine refused with ``error``."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ModelFileError("%s is not a loadable MegEngine model (%s)" % (path, first[:200]))
+
+
 def read_user_info(path):
     """The ``user_info`` string a ``.mge`` was dumped with (``trace.dump(user_info=...)``), or
-    None. MegEngine pickles it; it is unpickled with the allow-list unpickler (a model file is
-    untrusted), so only plain data loads."""
-    import io
-
-    from common.safe_pickle import safe_load
+    None. Parses the graph with MegEngine's native loader: only for files this toolkit has just
+    written, or in a child process (``deploy/lite_child.py``): a crafted file can crash it."""
     from megengine.core.tensor.megbrain_graph import load_graph
 
     try:
         with _quiet_lite_errors(), open(path, "rb") as f:
             raw = load_graph(f).metadata
     except (OSError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelFileError("%s is not a loadable MegEngine model (%s)" % (path, first)) \
-            from None
+        raise not_loadable(path, e) from None
+    return user_info_of(raw, path)
+
+
+def user_info_of(raw, path):
+    """The ``user_info`` string in a loaded graph's metadata (``SerializationMetadata``), or
+    None. MegEngine pickles it; it is unpickled with the allow-list unpickler (a model file is
+    untrusted), so only plain data loads."""
+    from common.safe_pickle import safe_load
+
     if raw is None or not raw.is_valid or not raw.user_info:
         return None
     try:

@@ -2,10 +2,10 @@
 ``.onnx`` (ONNX Runtime) or ``.bnn`` (a packed binary network, ``deploy/binary_runtime.py``),
 with the metadata ``tools/export.py`` recorded in it.
 
-``open_model(path, threads)`` returns an object with ``model(batch) -> logits`` (numpy),
-``input_shape`` (the exported ``(N, 3, H, W)``), ``num_classes`` and ``metadata`` (a dict:
-``preprocess`` (a ``PreprocessSpec`` dict), ``classes``, ``arch``, ...; ``{}`` for files written
-elsewhere) and ``notes`` (one-line remarks for the user, e.g. that a tuned file runs untuned
+``open_model(path, threads, precision, limits)`` returns an object with ``model(batch) ->
+logits`` (numpy), ``input_shape`` (the exported ``(N, 3, H, W)``), ``num_classes`` and
+``metadata`` (a dict: ``preprocess`` (a ``PreprocessSpec`` dict), ``classes``, ``arch``, ...;
+``{}`` for files written elsewhere) and ``notes`` (one-line remarks for the user, e.g. that a tuned file runs untuned
 on this CPU).
 
 A ``.mge`` is portable (``deploy/dump.py``); what is tuned to the CPU that exported it, the
@@ -16,9 +16,14 @@ On another CPU the file runs its portable graph with MegEngine's heuristic algor
 earlier version, whose default dumped NCHW88 into the graph, or by another program) is first
 run once in a child process under a deadline (``deploy/lite_child.py``): a file that cannot
 run on this CPU is one ``ModelFileError`` line, never a hang. Never imports ``model``.
+
+Every ``.mge`` is untrusted: this process parses none of its bytes before a child has loaded and
+run it (``lite_child.inspect``: a crash there is one line naming the signal) and its declared
+budgets passed ``limits`` (``common.limits``; docs/deployment.md, "Untrusted files").
 """
 import base64
 import contextlib
+import hashlib
 import logging
 import os
 import tempfile
@@ -29,7 +34,7 @@ from common.limits import Limits
 from errors import ModelFileError
 
 from . import lite, lite_child, onnx_check
-from .dump import PORTABLE_LAYOUT
+from .dump import LAYOUTS, PORTABLE_LAYOUT
 from .modelfile import METADATA_FORMAT, checked_batch, decode_metadata
 from .preprocess import PreprocessSpec, imagenet_spec
 
@@ -207,38 +212,95 @@ def _probe(path, threads):
                              % (path, cpus.cpu_name(), e)) from None
 
 
-def open_mge(path, threads=None, **lite_options):
-    """A ``.mge``: its metadata read first, then loaded by Lite with the algorithm cache and
-    layout it was tuned with, where this is the CPU they were tuned on."""
-    if not os.path.isfile(path):
-        raise ModelFileError("model file not found: %s" % path)
-    metadata = decode_metadata(lite.read_user_info(path), path)
-    cache = metadata.pop("algo_cache", None)
+def load_plan(path, metadata):
+    """How a ``.mge`` with ``metadata`` (decoded; ``algo_cache`` still in it) is loaded on this
+    CPU: ``(algorithm cache bytes or None, layout, notes)``. The tuning is used only where this
+    is the CPU it was profiled on, and never for a file written before the graph was portable.
+    ``deploy/lite_child.py``'s inspect child follows the same plan."""
+    cache = metadata.get("algo_cache")
     layout = metadata.get("layout", PORTABLE_LAYOUT)
     notes = []
     if metadata.get("format") != METADATA_FORMAT:
-        _probe(path, threads)
         if cache:
             notes.append("%s was written by an earlier version; its algorithm cache is not "
                          "used (export it again for full speed)" % path)
-        cache, layout = None, PORTABLE_LAYOUT
-    elif (cache or layout != PORTABLE_LAYOUT) and not tuned_for_this_cpu(metadata):
+        return None, PORTABLE_LAYOUT, notes
+    if (cache or layout != PORTABLE_LAYOUT) and not tuned_for_this_cpu(metadata):
         notes.append("%s was tuned on another CPU (%s); this one is %s: running its portable "
                      "graph untuned (slower; export it on this machine for full speed)"
                      % (path, metadata.get("cpu", "unknown"), cpus.cpu_name()))
-        cache, layout = None, PORTABLE_LAYOUT
+        return None, PORTABLE_LAYOUT, notes
+    if layout not in LAYOUTS:
+        raise ModelFileError("%s records an unknown layout %.40r" % (path, layout))
+    if cache is None:
+        return None, layout, notes
+    try:
+        return base64.b64decode(cache, validate=True), layout, notes
+    except (TypeError, ValueError):
+        raise ModelFileError("%s records an algorithm cache that is not base64 text" % path) \
+            from None
+
+
+def _read_checked(path, threads, limits, trusted):
+    """``(bytes of the .mge at path, its user_info, the child's report)``: looked at first by
+    the inspect child (``lite_child.inspect``), whose report is checked against ``limits``; the
+    bytes returned are the ones it checked. ``trusted``: a file this process has just written itself (the
+    export's check), read here without a child."""
+    size = os.path.getsize(path)
+    if size > limits.max_memory:
+        limits.check(path, weights=size)  # the file alone passes the memory budget
+    with open(path, "rb") as f:
+        data = f.read()
+    if trusted:
+        return data, lite.read_user_info(path), None
+    base, per_mb = PROBE_DEADLINE_S
+    report = lite_child.inspect(path, threads, limits, base + per_mb * len(data) / 1e6)
+    if "weights" in report:
+        limits.check(path, weights=report["weights"], activations=report["activations"],
+                     macs=report["macs"], batch=report["batch"])
+    if report.get("run_failed"):
+        raise ModelFileError("%s does not run on this CPU (%s): %s; export the model again "
+                             "with tools/export.py, whose files are portable"
+                             % (path, cpus.cpu_name(), report["error"]))
+    if report.get("error"):
+        raise ModelFileError(report["error"])
+    if report.get("sha256") != hashlib.sha256(data).hexdigest():
+        raise ModelFileError("%s changed while it was being checked; open it again" % path)
+    return data, report.get("user_info"), report
+
+
+def open_mge(path, threads=None, limits=None, trusted=False, **lite_options):
+    """A ``.mge``: looked at first in a child process (a crafted file can crash MegEngine's
+    loader: ``lite_child.inspect`` reads its metadata, weights, activations and MACs, checked
+    against ``limits`` (None: ``Limits()``), and runs it once), then loaded by Lite from the
+    bytes the child checked, with the algorithm cache and layout it was tuned with where this
+    is the CPU they were tuned on. ``trusted``: a file this process has just written (no
+    child)."""
+    limits = limits or Limits()
+    if not os.path.isfile(path):
+        raise ModelFileError("model file not found: %s" % path)
+    data, info, report = _read_checked(path, threads, limits, trusted)
+    metadata = decode_metadata(info, path)
+    cache, layout, notes = load_plan(path, metadata)
+    metadata.pop("algo_cache", None)
+    if metadata.get("format") != METADATA_FORMAT:
+        _probe(path, threads)
     lite_options.setdefault("layout", layout)
+    lite_options.setdefault("data", data)
     if cache and "algo_cache" not in lite_options:
-        with _cache_file(base64.b64decode(cache)) as cache_path:
+        with _cache_file(cache) as cache_path:
             model = lite.DumpedModel(path, threads=threads, algo_cache=cache_path,
                                      **lite_options)
     else:
         model = lite.DumpedModel(path, threads=threads, **lite_options)
     model.metadata, model.notes = metadata, notes
+    if report is not None:
+        model.limits = limits
+        model.budget = {k: report[k] for k in ("weights", "activations", "macs")}
     return model
 
 
-def open_model(path, threads=None, precision="fp32", **lite_options):
+def open_model(path, threads=None, precision="fp32", limits=None, **lite_options):
     """An exported model by its suffix: ``.mge`` (Lite), ``.onnx`` (ONNX Runtime; OpenVINO
     in bf16 with ``precision="bf16"``) or ``.bnn`` (packed binary, ``binary_runtime``)."""
     path = os.fspath(path)
@@ -249,15 +311,15 @@ def open_model(path, threads=None, precision="fp32", **lite_options):
         raise ModelFileError("--precision bf16 runs a .onnx (through OpenVINO); export the "
                              "model with --output NAME.onnx")
     if suffix == ".onnx":
-        model = OpenVinoBf16Model(path, threads) if precision == "bf16" \
-            else OnnxModel(path, threads)
+        model = OpenVinoBf16Model(path, threads, limits=limits) if precision == "bf16" \
+            else OnnxModel(path, threads, limits=limits)
         model.notes = []
         return model
     if suffix == ".mge":
-        return open_mge(path, threads, **lite_options)
+        return open_mge(path, threads, limits=limits, **lite_options)
     if suffix == ".bnn":
         from .binary_runtime import BinaryModel
 
-        return BinaryModel(path, threads)
+        return BinaryModel(path, threads, limits=limits)
     raise ModelFileError("%s: unknown model format %r (expected .mge, .onnx or .bnn)"
                          % (path, suffix or "no suffix"))

@@ -17,17 +17,26 @@ side, centre crop, the training run's mean/std; ImageNet's, with a note, for a m
 none), so the answer is tools/predict.py's on the checkpoint it was exported from. Class names
 come from the model (recorded at export), else --labels, else class indices are printed.
 
+Images go through the model --batch at a time; the last batch is padded to the same size (padded
+rows dropped), so one input shape is prepared, once (a .mge tuned with fast-run profiles its
+algorithms for each new shape; a note says so before the first batch when that happens).
+
 --benchmark times the model exactly as classification runs it (same runtime and settings) on
-random input of the exported size: --warmup untimed runs, then the median of --runs.
+random input of the exported size: the first call timed alone (it prepares the input shape: what
+the first batch of a classification waits for), --warmup - 1 more untimed runs, then the median
+of --runs. The batch is checked against the limits (--max-memory, --max-batch) before it is
+allocated.
 """
+import math
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from common import cli, cpus  # noqa: E402
+from common import cli, cpus, limits  # noqa: E402
 from common import numeric  # noqa: E402
 from common.inputs import expand_images  # noqa: E402
 from common.timing import interleaved_medians  # noqa: E402
@@ -47,24 +56,53 @@ def read_labels(path, num_classes):
     return labels
 
 
-def classify(model, spec, paths, batch_size, k):
-    """Yields ``(path, [(class, probability), ...])``, batch by batch."""
+def batches(spec, paths, batch_size, limits=None):
+    """Yields ``(chunk of paths, batch)``: the images of each chunk prepared with ``spec``, the
+    last chunk padded with zero images to ``batch_size`` rows, so that every call runs one input
+    shape (a .mge tuned with fast-run profiles its algorithms again for each new shape: a last
+    batch of 3 after batches of 4 cost seconds). The caller drops the padded rows."""
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
-        x = np.stack([preprocess.preprocess_image(p, spec) for p in chunk])
-        yield from zip(chunk, numeric.top_k(model(x), k))
+        x = np.stack([preprocess.preprocess_image(p, spec, limits=limits) for p in chunk])
+        if len(chunk) < batch_size:
+            x = np.concatenate([x, np.zeros((batch_size - len(chunk),) + x.shape[1:], x.dtype)])
+        yield chunk, x
 
 
-def print_features(model, spec, paths, batch_size, notes):
+def shape_note(args, model, batch):
+    """A note when the first call prepares a new input shape (fast-run profiling, which a .mge
+    tuned on this CPU does for a batch it was not exported with), or None."""
+    if getattr(model, "fastrun", False) and batch != model.input_shape[0]:
+        return ("%s was tuned for batch %d; preparing it for batch %d first (MegEngine profiles "
+                "its algorithms once per input shape; this can take a while)"
+                % (args.model, model.input_shape[0], batch))
+    return None
+
+
+def classify(model, spec, paths, batch_size, k, limits=None, notes=()):
+    """Yields ``(path, [(class, probability), ...])``, batch by batch; ``notes`` are printed
+    once the first batch is read, before the first call (an unreadable first image stays the
+    only line)."""
+    for chunk, x in batches(spec, paths, batch_size, limits):
+        print_notes(notes)
+        notes = ()
+        yield from zip(chunk, numeric.top_k(model(x)[:len(chunk)], k))
+
+
+def print_notes(notes):
+    for note in notes:
+        print("note: " + note, file=sys.stderr)
+    sys.stderr.flush()
+
+
+def print_features(model, spec, paths, batch_size, notes, limits=None):
     """Each output's shape per image for a model whose metadata records its ``outputs`` (a
     backbone: one feature map per stage)."""
     outputs = model.metadata["outputs"]
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
-        arrays = model.run_all(np.stack([preprocess.preprocess_image(p, spec) for p in chunk]))
-        for note in notes:  # after the first batch was read: an error stays the only line
-            print("note: " + note, file=sys.stderr)
+    for chunk, x in batches(spec, paths, batch_size, limits):
+        print_notes(notes)  # after the first batch was read: an error stays the only line
         notes = []
+        arrays = model.run_all(x)
         for i, path in enumerate(chunk):
             print(path)
             for out, array in zip(outputs, arrays):
@@ -73,11 +111,28 @@ def print_features(model, spec, paths, batch_size, notes):
 
 
 def benchmark(model, batch, warmup, runs, seed=0):
-    """Images per second of ``model`` on random input (median of ``runs`` timed calls)."""
+    """``(seconds of the first call, images per second)`` of ``model`` on random input: the
+    first call (where a new input shape is prepared: what classifying the first batch waits
+    for) timed alone, as one of the ``warmup`` calls; then the median of ``runs`` timed calls."""
     x = np.random.default_rng(seed).standard_normal(
         (batch,) + tuple(model.input_shape[1:])).astype(np.float32)
-    seconds = interleaved_medians({"model": lambda: model(x)}, warmup, runs)["model"]
-    return batch / seconds
+    start = time.perf_counter()
+    model(x)
+    first = time.perf_counter() - start
+    seconds = interleaved_medians({"model": lambda: model(x)}, max(warmup - 1, 0),
+                                  runs)["model"]
+    return first, batch / seconds
+
+
+def check_batch(path, model, batch, limits):
+    """Refuse a batch that passes the budgets before any of it is allocated: with what the
+    file declares per image where its loader recorded it (``model.budget``), else the batch
+    and its input alone."""
+    budget = getattr(model, "budget", None)
+    if budget:
+        limits.check(path, batch=batch, **budget)
+    else:
+        limits.check(path, batch=batch, activations=4 * math.prod(model.input_shape[1:]))
 
 
 def parse_args(argv):
@@ -99,7 +154,9 @@ def parse_args(argv):
     p.add_argument("--benchmark", action="store_true",
                    help="time the model on random input instead of classifying images")
     p.add_argument("--runs", type=int, default=20, help="timed runs with --benchmark")
-    p.add_argument("--warmup", type=int, default=3, help="untimed runs first with --benchmark")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs first with --benchmark "
+                   "(the first is timed alone and printed: it prepares the input shape)")
+    limits.add_arguments(p)
     args = p.parse_args(argv)
     if args.top < 1 or args.batch < 0 or args.runs < 1 or args.warmup < 0:
         p.error("--top and --runs must be positive, --batch and --warmup non-negative")
@@ -114,32 +171,35 @@ def main(argv=None):
     args = parse_args(argv)
     cpus.check_threads(args.threads)
     args.images = expand_images(args.images)  # before the model loads: a typo fails at once
-    model = runtime.open_model(args.model, threads=args.threads, precision=args.precision)
+    budgets = limits.from_args(args)
+    model = runtime.open_model(args.model, threads=args.threads, precision=args.precision,
+                               limits=budgets)
     batch = args.batch or model.input_shape[0]
+    check_batch(args.model, model, batch, budgets)
     if args.benchmark:
-        for note in model.notes:
-            print("note: " + note, file=sys.stderr)
+        print_notes(model.notes + [n for n in [shape_note(args, model, batch)] if n])
         print("%s: batch %d, %d threads, median of %d runs" % (args.model, batch, args.threads,
                                                              args.runs))
-        print("%.2f img/s" % benchmark(model, batch, args.warmup, args.runs))
+        first, speed = benchmark(model, batch, max(args.warmup, 1), args.runs)
+        print("first call %.3f s (prepares batch %d)" % (first, batch))
+        print("%.2f img/s" % speed)
         return 0
     spec, note = runtime.spec_of(model)
     if spec.size != model.input_shape[-1] or model.input_shape[-2] != model.input_shape[-1]:
         raise UserError("%s takes %dx%d input but its recorded preprocessing gives %dx%d images"
                         % (args.model, model.input_shape[-2], model.input_shape[-1], spec.size,
                            spec.size))
+    if not getattr(model, "fastrun", False):  # else padding is cheaper than a new shape
+        batch = min(batch, len(args.images))
+    notes = model.notes + [n for n in (note, shape_note(args, model, batch)) if n]
     if model.metadata.get("outputs"):  # a features model (tools/export.py --features)
-        print_features(model, spec, args.images, batch, model.notes + ([note] if note else []))
+        print_features(model, spec, args.images, batch, notes, budgets)
         return 0
     if args.labels:
         labels = read_labels(args.labels, model.num_classes)
     else:
         labels = model.metadata.get("classes")
-    notes = model.notes + ([note] if note else [])
-    for path, top in classify(model, spec, args.images, batch, args.top):
-        for note in notes:  # after the first batch was read: an error stays the only line
-            print("note: " + note, file=sys.stderr)
-        notes = []
+    for path, top in classify(model, spec, args.images, batch, args.top, budgets, notes):
         print(path)
         for rank, (index, prob) in enumerate(top, 1):
             name = labels[index] if labels else "class %d" % index
