@@ -49,16 +49,18 @@ CACHE_FOLDER = ("repvgg-megengine", "numba")
 def _cache_dir():
     """The folder the kernels are cached in, created if need be; None where none is writable
     (then nothing is cached). Never beside the sources."""
-    if numba.config.CACHE_DIR:
-        path = numba.config.CACHE_DIR
-    else:
-        base = os.environ.get("XDG_CACHE_HOME", "")
-        if not os.path.isabs(base):
-            base = os.path.join(os.path.expanduser("~"), ".cache")
-        path = os.path.join(base, *CACHE_FOLDER)
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        if numba.config.CACHE_DIR:  # the user's choice (NUMBA_CACHE_DIR)
+            path = numba.config.CACHE_DIR
+            os.makedirs(path, exist_ok=True)
+        else:
+            path = os.environ.get("XDG_CACHE_HOME", "")
+            if not os.path.isabs(path):
+                path = os.path.join(os.path.expanduser("~"), ".cache")
+            os.makedirs(path, exist_ok=True)
+            for part in CACHE_FOLDER:  # ours: private to the user
+                path = os.path.join(path, part)
+                os.makedirs(path, mode=0o700, exist_ok=True)
     except OSError:
         return None
     return path if os.access(path, os.W_OK | os.X_OK) else None
