@@ -223,7 +223,7 @@ def test_cli_errors_are_one_line(exported, tmp_path):
     ]
     for args, message in cases:
         proc = run_tool(*args)
-        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.returncode == 1, (args, proc.stderr)  # each a UserError (exit 1)
         assert message in one_line_error(proc), args
     assert not (tmp_path / "o.mge").exists()
     assert sorted(os.listdir(tmp_path)) == ["a.png", "bad.mge", "bad.onnx", "broken.png",

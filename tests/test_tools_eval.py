@@ -81,8 +81,10 @@ def test_predict_prints_top5_probabilities_that_match_the_model(run_dir, tmp_pat
         printed = [(int(e.split()[0]), float(e.split()[1].rstrip("%"))) for e in entries]
         assert_top_k(printed, p, atol=0.006)
         assert printed[0][0] == p.argmax()
-    assert "cannot read image" in one_line_error(
-        run_tool("tools/predict.py", "--checkpoint", ckpt, str(tmp_path / "none.png")))
+    # a missing image: the one message of predict.py and infer.py (common/inputs.py)
+    assert "image not found: %s (no such file or folder)" % (tmp_path / "none.png") in \
+        one_line_error(run_tool("tools/predict.py", "--checkpoint", ckpt,
+                                str(tmp_path / "none.png")))
 
 
 def _digit_pngs(folder, n, size=16):
@@ -211,8 +213,10 @@ def test_eval_and_predict_on_a_search_checkpoint_say_what_to_do(tmp_path):
     # m16: a search run's checkpoint is not a model; name the file and the next step
     ckpt = str(tmp_path / "latest.pkl")
     save_checkpoint({"format": "repvgg-search-run/1", "supernet": {"w": np.zeros(2)}}, ckpt)
+    image = str(tmp_path / "x.png")  # a real image: predict.py checks its images first
+    Image.new("RGB", (8, 8)).save(image)
     for proc in (call_tool("tools/eval.py", ckpt, "--device", "cpu"),
-                 call_tool("tools/predict.py", "--checkpoint", ckpt, "x.png", "--device",
+                 call_tool("tools/predict.py", "--checkpoint", ckpt, image, "--device",
                            "cpu")):
         msg = one_line_error(proc)
         assert ckpt in msg and "search.py derive" in msg
