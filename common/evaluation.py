@@ -36,9 +36,12 @@ def topk_correct(logits, labels, ks=(1, 5)):
     return [int(hits[:, :k].any(axis=1).sum()) for k in ks]
 
 
-def evaluate(model, loader, source=None, label_smoothing=0.0, desc="val", progress=True):
+def evaluate(model, loader, source=None, label_smoothing=0.0, desc="val", progress=True,
+             warn=True):
     """``EvalResult`` of ``model`` in eval mode over ``loader``; ``source`` (the loader's data
-    source) names skipped files in the warnings."""
+    source; default: the one ``data.loader.make_loader`` keeps) names skipped files in the
+    warnings; ``warn=False`` only counts them (a second pass over images already named)."""
+    source = source if source is not None else getattr(loader, "source", None)
     model.eval()
     total = loss_sum = c1 = c5 = 0
     skipped = []
@@ -48,7 +51,8 @@ def evaluate(model, loader, source=None, label_smoothing=0.0, desc="val", progre
         keep = bad < 0
         for i in bad[~keep]:
             name = source.describe(int(i)) if source is not None else "#%d" % i
-            log.warning("skipped unreadable image %s", name)
+            if warn:
+                log.warning("skipped unreadable image %s", name)
             skipped.append(name)
         if not keep.any():
             continue

@@ -34,3 +34,27 @@ def test_a_search_with_progress_on_writes_plain_lines_into_a_pipe(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "\r" not in proc.stderr and "\x1b[" not in proc.stderr
     assert "%|" not in proc.stderr  # tqdm's bar
+
+
+def test_an_unreadable_image_is_named_once_per_validation(tmp_path):
+    # it was named by its index ("#3") and printed again by each of the final deploy check's
+    # two passes (train form, deploy form)
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / "d" / split / c).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(
+                    str(tmp_path / "d" / split / c / ("%d.png" % i)))
+    bad = tmp_path / "d" / "val" / "b" / "zz_bad.png"
+    bad.write_text("not an image")
+    proc = run_tool("train.py", "--data", tmp_path / "d", "--epochs", "1",
+                    "--max-steps-per-epoch", "1", "--image-size", "16", "--batch-size", "4",
+                    "--device", "cpu", "--workers", "0", "--no-progress",
+                    "--output", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    named = [l for l in proc.stderr.splitlines() if "unreadable" in l and "skipped" in l]
+    assert len(named) == 1 and str(bad) in named[0], proc.stderr

@@ -49,8 +49,11 @@ def deploy_best(best_path, deploy_path, arch, val_loader, fast_conv=True, progre
         from . import fastconv
         fastconv.enable(model)
         fastconv.enable(deploy)
-    train_val = evaluate(model, val_loader, desc="val (train form)", progress=progress)
-    deploy_val = evaluate(deploy, val_loader, desc="val (deploy form)", progress=progress)
+    # the epochs' validation named every unreadable image already: these passes only count
+    train_val = evaluate(model, val_loader, desc="val (train form)", progress=progress,
+                         warn=False)
+    deploy_val = evaluate(deploy, val_loader, desc="val (deploy form)", progress=progress,
+                          warn=False)
     acc1, acc5 = train_val.top1, train_val.top5
     dep_acc1, dep_acc5 = deploy_val.top1, deploy_val.top5
     save_checkpoint(checkpoint_dict(numpy_state_dict(deploy), arch, "deploy",
