@@ -404,7 +404,8 @@ def module_source(module, input_shape, arch=None, output_names=None, spec=None):
 
 
 def export_module(module, input_shape, path, arch=None, output_names=None, spec=None,
-                  threads=None, algo_cache=False, options=dump.DEFAULT_OPTIONS, seed=0):
+                  threads=None, algo_cache=False, options=dump.DEFAULT_OPTIONS, seed=0,
+                  check_inputs=None):
     """Export any module to ``path``, the format by its suffix (``.mge``: traced and dumped,
     any MegEngine operator; ``.onnx``: the operators ``deploy/onnx_graph.py`` covers), for
     input ``input_shape`` (N, C, H, W). A train-form module is fused first
@@ -420,5 +421,8 @@ def export_module(module, input_shape, path, arch=None, output_names=None, spec=
                            spec)
     from model.parity import sample_inputs
 
-    x = sample_inputs(np.random.default_rng(seed), tuple(int(d) for d in input_shape))
+    # check_inputs: real images of the task (a model fine-tuned on narrow data may overflow on
+    # generated ones); default: generated images that differ per sample
+    x = sample_inputs(np.random.default_rng(seed), tuple(int(d) for d in input_shape)) \
+        if check_inputs is None else np.asarray(check_inputs, np.float32)
     return export(source, path, fmt, x, options, threads, algo_cache=algo_cache)
