@@ -414,9 +414,11 @@ def _macs(path, node, shapes):
     if node.op_type == "Conv":
         out, x, w = (_dims_of(path, shapes, n) for n in (node.output[0], *node.input[:2]))
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        if len(w) != len(x) or group < 1 or x[1] != w[1] * group or w[0] % group:
-            refuse(path, "op Conv has a weight of shape %s for input %s in %d groups"
-                   % (w, x, group))
+        kernel = next((list(a.ints) for a in node.attribute if a.name == "kernel_shape"), w[2:])
+        if len(w) != len(x) or group < 1 or x[1] != w[1] * group or w[0] % group \
+                or kernel != w[2:]:
+            refuse(path, "op Conv has a weight of shape %s (kernel_shape %s) for input %s in "
+                         "%d groups" % (w, kernel[:4], x, group))
         return math.prod(out) * math.prod(w[1:])
     if node.op_type == "Gemm":
         out, a = (_dims_of(path, shapes, n) for n in (node.output[0], node.input[0]))
@@ -437,11 +439,15 @@ def _check_declared_outputs(path, graph, features):
                   "its metadata records %d (N, C, H, W) feature maps" % len(features)))
 
 
-def _check_outputs(path, graph, shapes, metadata):
-    """``(output names, num_classes)``: one ``(N, classes)`` output, or the recorded features."""
+def _check_outputs(path, graph, shapes, metadata, batch):
+    """``(output names, num_classes)``: one ``(N, classes)`` output, or the recorded features;
+    N is the input's ``batch`` (an output that broadcasts to more images is refused)."""
     features = modelfile.feature_outputs(path, metadata)
     names = [o.name for o in graph.output]
     dims = [shapes.get(n, (0, None)) for n in names]
+    if any(d and d[0] != batch for _, d in dims):
+        refuse(path, "has outputs of shapes %s for a batch of %d images"
+               % ([d for _, d in dims][:4], batch))
     if features is None:
         if len(names) != 1 or dims[0][0] != FLOAT or dims[0][1] is None \
                 or len(dims[0][1]) != 2:
@@ -489,7 +495,7 @@ def check_file(path, limits=None):
     _check_declared_outputs(path, graph, modelfile.feature_outputs(path, metadata))
     weights, consts = _check_graph(path, graph, raw_lengths)
     shapes = _infer_shapes(path, proto, inp, shape, consts)
-    names, num_classes = _check_outputs(path, graph, shapes, metadata)
+    names, num_classes = _check_outputs(path, graph, shapes, metadata, shape[0])
     derived, peak, macs = _budget(path, graph, shapes, consts, shape[0])
     per_image = -(-peak // shape[0])
     limits.check(path, weights=weights + derived, activations=per_image,

@@ -218,6 +218,21 @@ def shared_weight_convs(folder):
     return save(model_of(nodes, inits, inputs=[inp]), folder)
 
 
+def conv_kernel_mismatch(folder):
+    """kernel_shape 5x5 on a 3x3 weight: shape inference alone accepts it."""
+    nodes, inits = classifier_parts()
+    nodes[0] = helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[5, 5], pads=[2] * 4)
+    return save(model_of(nodes, inits), folder)
+
+
+def broadcast_batch(folder):
+    """Logits broadcast to 5 rows whatever the batch."""
+    nodes, inits = classifier_parts()
+    nodes[1] = helper.make_node("Mul", ["c", "five"], ["r"])
+    inits.append(tensor("five", np.ones((5, 1, 1, 1), np.float32)))
+    return save(model_of(nodes, inits), folder)
+
+
 def custom_domain(folder):
     nodes, inits = classifier_parts()
     nodes[1] = helper.make_node("FusedRelu", ["c"], ["r"], domain="com.example")
@@ -277,6 +292,8 @@ HOSTILE = {
     "huge-batch": (huge_batch, "--max-batch raises it"),
     "shared-weight-convs": (shared_weight_convs, "--max-gmacs raises it"),
     "custom-domain": (custom_domain, "domain"),
+    "conv-kernel-mismatch": (conv_kernel_mismatch, "(kernel_shape [5, 5])"),
+    "broadcast-batch": (broadcast_batch, "for a batch of 1 images"),
     "runtime-failure": (runtime_failure, "failed to run in ONNX Runtime"),
     "truncated": (truncated, "is not an ONNX model"),
     "random-bytes": (random_bytes, "is not an ONNX model"),
