@@ -2,6 +2,7 @@
 
 This module never imports ``model``: ``tools/infer.py`` relies on that.
 """
+import base64
 import contextlib
 import io
 import logging
@@ -9,10 +10,12 @@ import os
 
 import numpy as np
 
+from common import cpus
 from common.cpus import cpu_count
 from errors import ModelFileError
 
 from .dump import LAYOUTS, PORTABLE_LAYOUT
+from .modelfile import METADATA_FORMAT
 
 
 @contextlib.contextmanager
@@ -159,3 +162,37 @@ def user_info_of(raw, path):
                              % (path, str(e).splitlines()[0] if str(e) else type(e).__name__)) \
             from None
     return info if isinstance(info, str) else None
+
+
+def tuned_for_this_cpu(metadata):
+    """Whether a ``.mge``'s algorithm cache and layout were profiled on this CPU."""
+    return metadata.get("cpu_fingerprint") == cpus.cpu_fingerprint()
+
+
+def load_plan(path, metadata):
+    """How a ``.mge`` with ``metadata`` (decoded; ``algo_cache`` still in it) is loaded on this
+    CPU: ``(algorithm cache bytes or None, layout, notes)``. The tuning is used only where this
+    is the CPU it was profiled on, and never for a file written before the graph was portable.
+    ``deploy/lite_child.py``'s inspect child follows the same plan."""
+    cache = metadata.get("algo_cache")
+    layout = metadata.get("layout", PORTABLE_LAYOUT)
+    notes = []
+    if metadata.get("format") != METADATA_FORMAT:
+        if cache:
+            notes.append("%s was written by an earlier version; its algorithm cache is not "
+                         "used (export it again for full speed)" % path)
+        return None, PORTABLE_LAYOUT, notes
+    if (cache or layout != PORTABLE_LAYOUT) and not tuned_for_this_cpu(metadata):
+        notes.append("%s was tuned on another CPU (%s); this one is %s: running its portable "
+                     "graph untuned (slower; export it on this machine for full speed)"
+                     % (path, metadata.get("cpu", "unknown"), cpus.cpu_name()))
+        return None, PORTABLE_LAYOUT, notes
+    if layout not in LAYOUTS:
+        raise ModelFileError("%s records an unknown layout %.40r" % (path, layout))
+    if cache is None:
+        return None, layout, notes
+    try:
+        return base64.b64decode(cache, validate=True), layout, notes
+    except (TypeError, ValueError):
+        raise ModelFileError("%s records an algorithm cache that is not base64 text" % path) \
+            from None

@@ -145,9 +145,8 @@ def _first_run(model, data, info, threads, folder):
 
     from . import lite
     from .modelfile import decode_metadata
-    from .runtime import load_plan
 
-    cache, layout, _ = load_plan(model, decode_metadata(info, model))
+    cache, layout, _ = lite.load_plan(model, decode_metadata(info, model))
     if cache:
         cache_file = os.path.join(folder, "algo_cache.bin")
         with open(cache_file, "wb") as f:

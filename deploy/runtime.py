@@ -21,7 +21,6 @@ Every ``.mge`` is untrusted: this process parses none of its bytes before a chil
 run it (``lite_child.inspect``: a crash there is one line naming the signal) and its declared
 budgets passed ``limits`` (``common.limits``; docs/deployment.md, "Untrusted files").
 """
-import base64
 import contextlib
 import hashlib
 import logging
@@ -34,7 +33,8 @@ from common.limits import Limits
 from errors import ModelFileError
 
 from . import lite, lite_child, onnx_check
-from .dump import LAYOUTS, PORTABLE_LAYOUT
+from .dump import PORTABLE_LAYOUT
+from .lite import load_plan, tuned_for_this_cpu  # noqa: F401  (lite_child shares the plan)
 from .modelfile import METADATA_FORMAT, checked_batch, decode_metadata
 from .preprocess import PreprocessSpec, imagenet_spec
 
@@ -43,11 +43,6 @@ log = logging.getLogger(__name__)
 # running a .mge of unknown portability once in a child: start-up + loading and one pass,
 # which grow with the weights (A0: 33 MB, B3: 490 MB)
 PROBE_DEADLINE_S = (30.0, 0.1)  # seconds, seconds per MB of file
-
-
-def tuned_for_this_cpu(metadata):
-    """Whether a ``.mge``'s algorithm cache and layout were profiled on this CPU."""
-    return metadata.get("cpu_fingerprint") == cpus.cpu_fingerprint()
 
 
 def spec_of(model):
@@ -210,35 +205,6 @@ def _probe(path, threads):
         raise ModelFileError("%s does not run on this CPU (%s): %s; export the model again "
                              "with tools/export.py, whose files are portable"
                              % (path, cpus.cpu_name(), e)) from None
-
-
-def load_plan(path, metadata):
-    """How a ``.mge`` with ``metadata`` (decoded; ``algo_cache`` still in it) is loaded on this
-    CPU: ``(algorithm cache bytes or None, layout, notes)``. The tuning is used only where this
-    is the CPU it was profiled on, and never for a file written before the graph was portable.
-    ``deploy/lite_child.py``'s inspect child follows the same plan."""
-    cache = metadata.get("algo_cache")
-    layout = metadata.get("layout", PORTABLE_LAYOUT)
-    notes = []
-    if metadata.get("format") != METADATA_FORMAT:
-        if cache:
-            notes.append("%s was written by an earlier version; its algorithm cache is not "
-                         "used (export it again for full speed)" % path)
-        return None, PORTABLE_LAYOUT, notes
-    if (cache or layout != PORTABLE_LAYOUT) and not tuned_for_this_cpu(metadata):
-        notes.append("%s was tuned on another CPU (%s); this one is %s: running its portable "
-                     "graph untuned (slower; export it on this machine for full speed)"
-                     % (path, metadata.get("cpu", "unknown"), cpus.cpu_name()))
-        return None, PORTABLE_LAYOUT, notes
-    if layout not in LAYOUTS:
-        raise ModelFileError("%s records an unknown layout %.40r" % (path, layout))
-    if cache is None:
-        return None, layout, notes
-    try:
-        return base64.b64decode(cache, validate=True), layout, notes
-    except (TypeError, ValueError):
-        raise ModelFileError("%s records an algorithm cache that is not base64 text" % path) \
-            from None
 
 
 def _read_checked(path, threads, limits, trusted):
