@@ -92,7 +92,8 @@ def refuse(path, message):
     text = " ".join(message.splitlines())
     if len(text) > MAX_MESSAGE:
         text = text[:MAX_MESSAGE - 3] + "..."
-    raise ModelFileError("%s: %s" % (path, text))
+    # "a.onnx is not an ONNX model (...)" reads as a sentence; other reasons follow a colon
+    raise ModelFileError(("%s %s" if text.startswith("is ") else "%s: %s") % (path, text))
 
 
 # -- the protobuf framing, before parsing ---------------------------------------------------

@@ -209,7 +209,7 @@ def test_cli_errors_are_one_line(exported, tmp_path):
         (("tools/infer.py", exported["mge"], tmp_path / "nope.png"), "image not found"),
         (("tools/infer.py", exported["mge"], tmp_path / "a.png", "--labels",
           tmp_path / "labels.txt"), "2 labels but the model has 10 classes"),
-        (("tools/infer.py", tmp_path / "bad.onnx", tmp_path / "a.png"), "not a loadable ONNX"),
+        (("tools/infer.py", tmp_path / "bad.onnx", tmp_path / "a.png"), "bad.onnx is not an ONNX model"),
         (("tools/infer.py", tmp_path / "a.png", tmp_path / "a.png"), "unknown model format"),
         (("tools/infer.py", exported["mge"], tmp_path / "broken.png"), "cannot read image"),
         (("tools/infer.py", exported["mge"], tmp_path / "a.png", "--threads", 0),
