@@ -154,7 +154,15 @@ def stage_widths(width_multiplier):
 
 
 class ClassifierHead:
-    """timm's classifier helpers over ``forward_features``, ``gap`` and ``linear``."""
+    """timm's classifier helpers over ``forward_stages`` (``finetune.Staged``), ``gap`` and
+    ``linear``."""
+
+    def forward_features(self, x):
+        """The last stage's feature map (N, C, H/32, W/32), before pooling."""
+        self.apply_norm_modes()
+        for x in self.forward_stages(x):
+            pass
+        return x
 
     def forward_head(self, x, pre_logits=False):
         """Global pool and classifier on ``forward_features``' output; ``pre_logits=True``
@@ -205,13 +213,6 @@ class RepVGG(ClassifierHead, Staged, M.Module):
         self.gap = GlobalAvgPool()
         self.num_features = widths[4]
         self.linear = self._classifier(num_classes)
-
-    def forward_features(self, x):
-        """The last stage's feature map (N, C, H/32, W/32), before pooling."""
-        self.apply_norm_modes()
-        for x in self.forward_stages(x):
-            pass
-        return x
 
     def forward(self, x):
         return self.forward_head(self.forward_features(x))

@@ -81,13 +81,6 @@ class RepVGGplus(ClassifierHead, Staged, M.Module):
             self.stage2_aux = _aux_head(w[2], num_classes)
             self.stage3_first_aux = _aux_head(w[3], num_classes)
 
-    def forward_features(self, x):
-        """The last stage's feature map (N, C, H/32, W/32), before pooling."""
-        self.apply_norm_modes()
-        for x in self.forward_stages(x):
-            pass
-        return x
-
     def reset_classifier(self, num_classes):
         """New main and auxiliary classifiers for ``num_classes`` (0: none)."""
         super().reset_classifier(num_classes)
