@@ -14,7 +14,7 @@ from common import children
 from helpers import ROOT
 
 FENCE = re.compile(r"^```bash runnable\n(.*?)^```", re.M | re.S)
-DEADLINE_S = 240
+DEADLINE_S = 480  # a hang guard; the backbone example fine-tunes for ~4 min
 
 
 def runnable_blocks():
