@@ -1,6 +1,8 @@
 """Opening an exported model for inference, whichever format: ``.mge`` (MegEngine Lite),
-``.onnx`` (ONNX Runtime) or ``.bnn`` (a packed binary network, ``deploy/binary_runtime.py``),
-with the metadata ``tools/export.py`` recorded in it.
+``.onnx`` (ONNX Runtime or OpenVINO, whichever runs its precision faster on this CPU:
+``deploy/route.py``) or ``.bnn`` (a packed binary network, ``deploy/binary_runtime.py``), with
+the metadata ``tools/export.py`` recorded in it. An int8 QDQ ``.onnx`` (tools/quantize.py) is
+int8 as it is; ``precision="bf16"`` runs a float one in bfloat16 (OpenVINO).
 
 ``open_model(path, threads, precision, limits)`` returns an object with ``model(batch) ->
 logits`` (numpy), ``input_shape`` (the exported ``(N, 3, H, W)``), ``num_classes`` and
@@ -32,7 +34,7 @@ from common.cpus import cpu_count
 from common.limits import Limits
 from errors import ModelFileError
 
-from . import lite, lite_child, onnx_check
+from . import lite, lite_child, onnx_check, route
 from .dump import PORTABLE_LAYOUT
 from .lite import load_plan, tuned_for_this_cpu  # noqa: F401  (lite_child shares the plan)
 from .modelfile import METADATA_FORMAT, checked_batch, decode_metadata
@@ -71,11 +73,14 @@ class OnnxModel:
     its weights, activations and MACs against ``limits``; None: ``Limits()``) before ONNX
     Runtime sees the bytes it checked; every batch is checked against the same budget."""
 
-    def __init__(self, path, threads=None, limits=None):
+    runtime = "onnxruntime"
+
+    def __init__(self, path, threads=None, limits=None, checked=None):
         import onnxruntime as ort
 
         self.path, self.limits = path, limits or Limits()
-        checked = onnx_check.check_file(path, self.limits)
+        if checked is None:
+            checked = onnx_check.check_file(path, self.limits)
         # ORT logs a failing node at ERROR (3) itself, before raising: only FATAL may print
         ort.set_default_logger_severity(ORT_QUIET)
         options = ort.SessionOptions()
@@ -113,7 +118,8 @@ class OnnxModel:
         return self._run(self._outputs, batch)
 
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = route.PRECISIONS
+RUNTIMES = route.RUNTIMES
 
 
 @contextlib.contextmanager
@@ -137,29 +143,29 @@ def _stderr_quiet_if_megengine():
         os.close(devnull)
 
 
-class OpenVinoBf16Model:
-    """A ``.onnx`` file run by OpenVINO (CPU) in bfloat16: the reduced-precision route, opt-in
-    (``tools/infer.py --precision bf16``) and only on a CPU with bf16 instructions
-    (``common.cpus.has_bf16``: AVX-512 BF16 or AMX), where OpenVINO's kernels compute in bf16
-    with float32 accumulation. The logits differ from float32 by about 1e-2 relative (the
-    README's deploy section has the accuracy on trained models)."""
+class OpenVinoModel:
+    """A ``.onnx`` file run by OpenVINO (CPU): ``model(batch) -> logits``, checked by
+    ``deploy/onnx_check.py`` first exactly as ``OnnxModel`` is (OpenVINO gets the checked
+    bytes only). ``precision``: "fp32" (also for an int8 QDQ file: its quantized convolutions
+    run in int8, VNNI / AMX where the CPU has them, the rest in float32) or "bf16" (bfloat16
+    with float32 accumulation, on CPUs with bf16 instructions; logits about 1e-2 relative off
+    float32)."""
 
-    def __init__(self, path, threads=None, limits=None):
+    runtime = "openvino"
+    HINTS = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
+
+    def __init__(self, path, threads=None, limits=None, precision="fp32", checked=None):
         with _stderr_quiet_if_megengine():
             import openvino as ov
-        if not os.path.isfile(path):
-            raise ModelFileError("model file not found: %s" % path)
-        if not cpus.has_bf16():
-            raise ModelFileError("--precision bf16 needs a CPU with bf16 instructions "
-                                 "(avx512_bf16 or amx_bf16); this one (%s) has none"
-                                 % cpus.cpu_name())
         self.path, self.limits = path, limits or Limits()
-        checked = onnx_check.check_file(path, self.limits)  # as OnnxModel: before OpenVINO
+        if checked is None:
+            checked = onnx_check.check_file(path, self.limits)  # as OnnxModel: before OpenVINO
         try:
             core = ov.Core()
             compiled = core.compile_model(core.read_model(checked.data), "CPU", {
                 "INFERENCE_NUM_THREADS": threads or cpu_count(),
-                "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16"})
+                "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_PRECISION_HINT": self.HINTS[precision]})
         except Exception as e:  # OpenVINO raises its own types for a file it cannot read
             raise ModelFileError("%s is not a loadable ONNX model (%s)"
                                  % (path, _first_line(e))) from None
@@ -167,9 +173,10 @@ class OpenVinoBf16Model:
         self.metadata = checked.metadata
         self.budget = {"weights": checked.weights, "activations": checked.activations,
                        "macs": checked.macs}
+        self._outputs = checked.output_names
         self._request = compiled.create_infer_request()
 
-    def __call__(self, batch):
+    def _infer(self, batch):
         batch = checked_batch(batch, self.input_shape)
         self.limits.check(self.path, batch=batch.shape[0], **self.budget)
         try:
@@ -177,7 +184,105 @@ class OpenVinoBf16Model:
         except Exception as e:  # OpenVINO's own types
             raise ModelFileError("%s failed to run in OpenVINO (%s)"
                                  % (self.path, _first_line(e))) from None
+
+    def __call__(self, batch):
+        self._infer(batch)
         return self._request.get_output_tensor(0).data.copy()
+
+    def run_all(self, batch):
+        """Every output of the graph, in order (a features model has one per stage)."""
+        self._infer(batch)
+        return [self._request.get_output_tensor(i).data.copy()
+                for i in range(len(self._outputs))]
+
+
+class OpenVinoBf16Model(OpenVinoModel):
+    """A ``.onnx`` file run by OpenVINO in bfloat16: the reduced-precision route, opt-in
+    (``tools/infer.py --precision bf16``) and only on a CPU with bf16 instructions
+    (``common.cpus.has_bf16``: AVX-512 BF16 or AMX), where OpenVINO's kernels compute in bf16
+    with float32 accumulation. The logits differ from float32 by about 1e-2 relative (the
+    README's deploy section has the accuracy on trained models)."""
+
+    def __init__(self, path, threads=None, limits=None, checked=None):
+        if not os.path.isfile(path):
+            raise ModelFileError("model file not found: %s" % path)
+        if not cpus.has_bf16():
+            raise ModelFileError("--precision bf16 needs a CPU with bf16 instructions "
+                                 "(avx512_bf16 or amx_bf16); this one (%s) has none"
+                                 % cpus.cpu_name())
+        super().__init__(path, threads, limits, "bf16", checked)
+
+
+QDQ_OPS = (b"QuantizeLinear", b"DequantizeLinear")
+
+
+def file_precision(checked):
+    """"int8" for a QDQ int8 file (tools/quantize.py records its method; a foreign file is
+    looked at for QuantizeLinear / DequantizeLinear nodes), else "fp32"."""
+    if checked.metadata.get("int8"):
+        return "int8"
+    if not any(op in checked.data for op in QDQ_OPS):  # cheap: most float files stop here
+        return "fp32"
+    import onnx
+
+    nodes = onnx.ModelProto.FromString(checked.data).graph.node  # parsed once already
+    return "int8" if any(n.op_type.encode() in QDQ_OPS for n in nodes) else "fp32"
+
+
+def _route(path, checked, precision, threads, limits, runtime, measure, batch):
+    """``route.choose`` for a checked file: its measured choice is cached under the file's
+    content and ``batch``; ``measure``: measure on a cache miss (a model of at least
+    ``route.MIN_MEASURE_GMACS`` per image)."""
+    threads = threads or cpu_count()
+    batch = batch or checked.input_shape[0]
+    model_key = measurer = None
+    if runtime is None and checked.macs >= route.MIN_MEASURE_GMACS * 1e9 \
+            and len(route.candidates(precision, route.cpu_flags())) > 1:
+        model_key = "%s|batch %d" % (hashlib.sha256(checked.data).hexdigest()[:32], batch)
+        if measure:
+            def measurer(able):
+                return route.measure(path, able, threads, batch, limits)
+    return route.choose(precision, threads, forced=runtime, measure=measurer,
+                        model_key=model_key)
+
+
+def open_onnx(path, threads=None, precision="fp32", limits=None, runtime=None, measure=False,
+              batch=None):
+    """A ``.onnx``, checked (``deploy/onnx_check.py``), then run by the runtime
+    ``deploy.route.choose`` picks for its precision on this CPU (``runtime``: forced; an int8
+    QDQ file is int8 whatever ``precision`` says, except that bf16 is refused for it).
+    ``measure``: time the file in both runtimes on a cache miss (the command-line tools do, at
+    ``batch``; the library reads the cache, else follows the rule). The model has ``route``
+    (the ``route.Choice``), ``precision`` and ``notes``."""
+    if precision not in PRECISIONS:
+        raise ModelFileError("unknown precision %r; known: %s" % (precision, ", ".join(PRECISIONS)))
+    if runtime is not None and runtime not in RUNTIMES:
+        raise ModelFileError("unknown runtime %r; known: %s" % (runtime, ", ".join(RUNTIMES)))
+    if not os.path.isfile(path):
+        raise ModelFileError("model file not found: %s" % path)
+    limits = limits or Limits()
+    if precision == "bf16" and not cpus.has_bf16():
+        raise ModelFileError("--precision bf16 needs a CPU with bf16 instructions "
+                             "(avx512_bf16 or amx_bf16); this one (%s) has none"
+                             % cpus.cpu_name())
+    checked = onnx_check.check_file(path, limits)
+    kind = file_precision(checked)
+    if kind == "int8" and precision == "bf16":
+        raise ModelFileError("%s is an int8 model; --precision bf16 is for a float .onnx"
+                             % path)
+    if precision == "int8" and kind != "int8":
+        raise ModelFileError("%s is a float model; --precision int8 runs an int8 file "
+                             "(write one with tools/quantize.py -o NAME.onnx)" % path)
+    precision = kind if kind == "int8" else precision
+    choice = _route(path, checked, precision, threads, limits, runtime, measure, batch)
+    if choice.runtime == "onnxruntime":
+        model = OnnxModel(path, threads, limits=limits, checked=checked)
+    elif choice.precision == "bf16":
+        model = OpenVinoBf16Model(path, threads, limits=limits, checked=checked)
+    else:
+        model = OpenVinoModel(path, threads, limits, choice.precision, checked)
+    model.route, model.precision, model.notes = choice, choice.precision, []
+    return model
 
 
 @contextlib.contextmanager
@@ -266,9 +371,11 @@ def open_mge(path, threads=None, limits=None, trusted=False, **lite_options):
     return model
 
 
-def open_model(path, threads=None, precision="fp32", limits=None, **lite_options):
-    """An exported model by its suffix: ``.mge`` (Lite), ``.onnx`` (ONNX Runtime; OpenVINO
-    in bf16 with ``precision="bf16"``) or ``.bnn`` (packed binary, ``binary_runtime``)."""
+def open_model(path, threads=None, precision="fp32", limits=None, runtime=None, measure=False,
+               batch=None, **lite_options):
+    """An exported model by its suffix: ``.mge`` (Lite), ``.onnx`` (``open_onnx``: ONNX Runtime
+    or OpenVINO, whichever ``deploy.route`` picks for its precision here; ``runtime`` forces
+    one, ``measure`` and ``batch`` as there) or ``.bnn`` (packed binary, ``binary_runtime``)."""
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lower()
     if precision not in PRECISIONS:
@@ -276,11 +383,16 @@ def open_model(path, threads=None, precision="fp32", limits=None, **lite_options
     if precision == "bf16" and suffix != ".onnx":
         raise ModelFileError("--precision bf16 runs a .onnx (through OpenVINO); export the "
                              "model with --output NAME.onnx")
+    if precision == "int8" and suffix != ".onnx":
+        raise ModelFileError("--precision int8 runs an int8 .onnx (tools/quantize.py -o "
+                             "NAME.onnx writes one); a .mge runs as it was written")
+    if runtime is not None and suffix != ".onnx":
+        raise ModelFileError("--runtime picks the runtime of a .onnx; %s is run by its own "
+                             "(%s)" % (path, "MegEngine Lite" if suffix == ".mge" else
+                                       "the packed binary kernels" if suffix == ".bnn"
+                                       else "none"))
     if suffix == ".onnx":
-        model = OpenVinoBf16Model(path, threads, limits=limits) if precision == "bf16" \
-            else OnnxModel(path, threads, limits=limits)
-        model.notes = []
-        return model
+        return open_onnx(path, threads, precision, limits, runtime, measure, batch)
     if suffix == ".mge":
         return open_mge(path, threads, limits=limits, **lite_options)
     if suffix == ".bnn":

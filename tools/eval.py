@@ -12,11 +12,15 @@ nothing is taken as ImageNet at 224 (the same rule as tools/predict.py), or as t
 the --data folder. The class names the checkpoint records must be the data's. Unreadable
 validation images are named in a warning, left out and counted.
 
---exported FILE scores an exported model (tools/export.py's .mge or .onnx, run as tools/infer.py
-runs it; --precision bf16 for a .onnx in bfloat16 through OpenVINO) on the same split, prepared
-as for the checkpoint it was exported from:
+--exported FILE scores an exported model (tools/export.py's .mge or .onnx, tools/quantize.py's
+int8 files, run as tools/infer.py runs it: a .onnx on the runtime deploy/route.py picks for its
+precision on this CPU, or --runtime's; --precision bf16 for a .onnx in bfloat16 through
+OpenVINO) on the same split, prepared as for the checkpoint it was exported from. The result
+line names the route (the two runtimes round int8 differently, so each route has its own
+accuracy):
 
     .venv/bin/python tools/eval.py deploy.pkl --exported a0.onnx --precision bf16
+    .venv/bin/python tools/eval.py deploy.pkl --exported a0_int8.onnx --runtime openvino
 """
 import logging
 import os
@@ -53,6 +57,8 @@ def parse_args(argv):
                    help="score this exported model (.mge or .onnx) instead of the checkpoint")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="with --exported: bf16 runs a .onnx in bfloat16 (OpenVINO)")
+    p.add_argument("--runtime", choices=("auto", "onnxruntime", "openvino"), default="auto",
+                   help="with --exported .onnx: the runtime (auto: as tools/infer.py picks it)")
     args = p.parse_args(argv)
     cli.checkpoint_of(p, args)
     return args
@@ -75,15 +81,21 @@ def check_classes(path, recorded, num_classes, dataset, classes):
                             % (path, dataset, detail))
 
 
-def exported_model(path, precision, num_classes):
-    """An exported file as the evaluation loop calls a model (MegEngine tensors in and out)."""
+def exported_model(path, precision, num_classes, runtime="auto", batch=None):
+    """An exported file as the evaluation loop calls a model (MegEngine tensors in and out),
+    and its label: the method of an int8 file and, for a .onnx, the runtime that ran it."""
     import megengine as mge
 
+    from deploy.route import NAMES
     from deploy.runtime import open_model
 
-    run = open_model(path, precision=precision)
+    forced = {} if runtime == "auto" else {"runtime": runtime}
+    run = open_model(path, precision=precision, measure=True, batch=batch, **forced)
     int8 = run.metadata.get("int8")  # tools/quantize.py records its method
     label = "int8, %s" % int8 if int8 else precision
+    route = getattr(run, "route", None)
+    if route:
+        label += ", %s (%s)" % (NAMES[route.runtime], route.how)
     for note in run.notes:
         print("note: " + note, file=sys.stderr)
     if run.num_classes not in (None, num_classes):
@@ -124,7 +136,8 @@ def main(argv=None):
     check_classes(args.checkpoint, recorded.get("classes"), info["num_classes"], dataset,
                   splits.classes)
     if args.exported:
-        model, label = exported_model(args.exported, args.precision, info["num_classes"])
+        model, label = exported_model(args.exported, args.precision, info["num_classes"],
+                                      args.runtime, args.batch_size)
     val = Subset(splits.val, args.limit) if args.limit else splits.val
     loader, _ = make_loader(val, splits.eval_transform, args.batch_size, shuffle=False,
                             workers=args.workers)

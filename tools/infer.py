@@ -6,12 +6,14 @@ the model code; or time it (--benchmark).
     .venv/bin/python tools/infer.py a0.mge photos/  # a folder: its images, recursively, sorted
     .venv/bin/python tools/infer.py a0.mge --benchmark --batch 16 --runs 20  # last: "<N> img/s"
     .venv/bin/python tools/infer.py a0.onnx cat.jpg --precision bf16  # bfloat16 (OpenVINO), opt-in
+    .venv/bin/python tools/infer.py a0_int8.onnx --benchmark  # int8 (tools/quantize.py), as it is
+    .venv/bin/python tools/infer.py a0_int8.onnx cat.jpg --runtime onnxruntime  # force a runtime
     .venv/bin/python tools/infer.py bnn.bnn cat.jpg  # a binary network, XNOR-popcount (numba)
 
 A .mge runs under MegEngine Lite (with the fast-run algorithm cache and layout recorded at export
 time when this is the CPU that exported it; on another CPU its portable graph runs untuned, said
-in a note), a .onnx under ONNX Runtime, a .bnn (a binary network) with the bit-packed kernels of
-deploy/bitops.py; nothing from the project's model/ package is imported. Each image is prepared
+in a note), a .onnx under ONNX Runtime or OpenVINO (below), a .bnn (a binary network) with the
+bit-packed kernels of deploy/bitops.py; nothing from the project's model/ package is imported. Each image is prepared
 with the preprocessing recorded in the model (deploy/preprocess.py: resize the shorter
 side, centre crop, the training run's mean/std; ImageNet's, with a note, for a model that records
 none), so the answer is tools/predict.py's on the checkpoint it was exported from. Class names
@@ -20,6 +22,16 @@ come from the model (recorded at export), else --labels, else class indices are 
 Images go through the model --batch at a time; the last batch is padded to the same size (padded
 rows dropped), so one input shape is prepared, once (a .mge tuned with fast-run profiles its
 algorithms for each new shape; a note says so before the first batch when that happens).
+
+A .onnx runs on whichever of ONNX Runtime and OpenVINO is faster for its precision on this CPU
+(deploy/route.py): float32, bf16 (--precision bf16: OpenVINO only) or int8 (a QDQ file from
+tools/quantize.py, run as int8 as it is). At first use of a model of 0.2 GMACs per image or more,
+both runtimes time it (each in its own process, a few seconds), and the choice is cached per CPU,
+file, batch and thread count in ~/.cache/repvgg-megengine/runtime-choice.json; otherwise a rule
+decides: int8 on OpenVINO where the CPU has VNNI or AMX int8 instructions, else ONNX Runtime;
+float32 on ONNX Runtime. --runtime forces one. One line names the runtime and why: with
+--benchmark on stdout, before the timings; when classifying, a note on stderr for an int8 or
+bf16 model (a float32 model on ONNX Runtime, the default of every export's check, prints none).
 
 --benchmark times the model exactly as classification runs it (same runtime and settings) on
 random input of the exported size: the first call timed alone (it prepares the input shape: what
@@ -135,6 +147,11 @@ def check_batch(path, model, batch, limits):
         limits.check(path, batch=batch, activations=4 * math.prod(model.input_shape[1:]))
 
 
+def route_options(args):
+    """``open_model``'s ``runtime`` for --runtime (auto: none; a .mge or .bnn takes none)."""
+    return {} if args.runtime == "auto" else {"runtime": args.runtime}
+
+
 def parse_args(argv):
     p = cli.ArgumentParser(__doc__)
     p.add_argument("model", metavar="MODEL", help="exported model (.mge, .onnx or .bnn)")
@@ -150,7 +167,10 @@ def parse_args(argv):
     p.add_argument("--precision", choices=runtime.PRECISIONS, default="fp32",
                    help="bf16: run a .onnx in bfloat16 through OpenVINO, on CPUs with bf16 "
                         "instructions (avx512_bf16, amx_bf16): faster, logits about 1e-2 off "
-                        "float32 (opt-in; the README has its accuracy)")
+                        "float32 (opt-in; the README has its accuracy). int8: insist that the "
+                        ".onnx is an int8 file (one runs as int8 without it)")
+    p.add_argument("--runtime", choices=("auto",) + runtime.RUNTIMES, default="auto",
+                   help="the runtime of a .onnx (auto: the faster one here, see above)")
     p.add_argument("--benchmark", action="store_true",
                    help="time the model on random input instead of classifying images")
     p.add_argument("--runs", type=int, default=20, help="timed runs with --benchmark")
@@ -173,13 +193,17 @@ def main(argv=None):
     args.images = expand_images(args.images)  # before the model loads: a typo fails at once
     budgets = limits.from_args(args)
     model = runtime.open_model(args.model, threads=args.threads, precision=args.precision,
-                               limits=budgets)
+                               limits=budgets, measure=True, batch=args.batch or None,
+                               **route_options(args))
     batch = args.batch or model.input_shape[0]
     check_batch(args.model, model, batch, budgets)
+    route = getattr(model, "route", None)
     if args.benchmark:
         print_notes(model.notes + [n for n in [shape_note(args, model, batch)] if n])
         print("%s: batch %d, %d threads, median of %d runs" % (args.model, batch, args.threads,
                                                              args.runs))
+        if route:
+            print(route.line())
         first, speed = benchmark(model, batch, max(args.warmup, 1), args.runs)
         print("first call %.3f s (prepares batch %d)" % (first, batch))
         print("%.2f img/s" % speed)
@@ -192,6 +216,8 @@ def main(argv=None):
     if not getattr(model, "fastrun", False):  # else padding is cheaper than a new shape
         batch = min(batch, len(args.images))
     notes = model.notes + [n for n in (note, shape_note(args, model, batch)) if n]
+    if route and (route.precision != "fp32" or route.runtime != "onnxruntime"):
+        notes.append(route.line())
     if model.metadata.get("outputs"):  # a features model (tools/export.py --features)
         print_features(model, spec, args.images, batch, notes, budgets)
         return 0

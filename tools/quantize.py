@@ -12,7 +12,8 @@ ImageNet at 224, as in tools/eval.py and tools/predict.py), then
   .mge   MegEngine int8 (megengine.quantization; per-tensor weight scales after cross-layer
          equalization, see quant/equalize.py), dumped and checked with MegEngine Lite;
   .onnx  static QDQ int8 with per-channel weights (onnxruntime.quantization), run by ONNX
-         Runtime.
+         Runtime or OpenVINO: whichever tools/infer.py runs it on here (deploy/route.py), and
+         the written file is checked through that route (--runtime: another).
 --qat fine-tunes the deploy form with BN re-inserted and fake quantization (the official RepVGG
 QAT recipe, quant/qat.py) on the --calib data's train split before converting; --save-float
 keeps the fine-tuned float weights as a deploy-form checkpoint.
@@ -72,6 +73,9 @@ def parse_args(argv):
                    help="also write the QAT-fine-tuned float weights (deploy form)")
     p.add_argument("--report", metavar="JSON", help="also write the comparison as JSON")
     p.add_argument("--threads", type=threads_arg, default=cpu_count(), help="CPU threads")
+    p.add_argument("--runtime", choices=("auto", "onnxruntime", "openvino"), default="auto",
+                   help=".onnx: the runtime the written file is checked through (auto: the one "
+                        "tools/infer.py picks for it on this CPU)")
     p.add_argument("--seed", type=int, default=0, help="seed for picking images and QAT")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars")
@@ -213,19 +217,24 @@ def main(argv=None):
         write_int8_mge(int8, args.output, data.check[0], threads=args.threads,
                        metadata=metadata)
         int8_logits = logits(lambda b: int8(mge.tensor(b)).numpy(), data.check)
+        route = "MegEngine Lite"
     else:
-        from deploy.runtime import OnnxModel
+        from deploy.route import NAMES
+        from deploy.runtime import open_model
         from quant.onnx_int8 import write_int8_onnx
         model = source.deploy if not args.qat else float_deploy(source, layers, linear)
         write_int8_onnx(model, args.output, data.calib, data.check[0], metadata,
                         threads=args.threads)
-        int8_logits = logits(OnnxModel(args.output, args.threads), data.check)
+        forced = {} if args.runtime == "auto" else {"runtime": args.runtime}
+        check = open_model(args.output, args.threads, measure=True, **forced)
+        route = "%s, %s" % (NAMES[check.route.runtime], check.route.how)
+        int8_logits = logits(check, data.check)
     result = metrics.agreement(float_logits, int8_logits, data.labels)
-    print(result.describe("int8 (%s, %s)" % (fmt[1:], method)))
+    print(result.describe("int8 (%s, %s, %s)" % (fmt[1:], method, route)))
     warning = metrics.low_sqnr_warning(result)
     if warning:
         print(warning, file=sys.stderr)
-    report = dict(vars(result), output=args.output, method=method, format=fmt[1:],
+    report = dict(vars(result), output=args.output, method=method, format=fmt[1:], route=route,
                   arch=str(source.info["arch"]), warning=warning)
     if args.qat:  # the weights moved: compare with the fine-tuned float model as well
         tuned = float_deploy(source, layers, linear)
