@@ -149,6 +149,11 @@ def op_bconv(op, a, x, residual=None):
                                    op["padding"][axis - 1], op["dilation"][axis - 1],
                                    op["offset"])
         _need(size >= 1, "bconv: a %d-wide input is too small", x.shape[axis])
+    if kh == kw == 3:  # the register-blocked kernel (deploy/bnn_kernels.py)
+        from . import binary_plan
+
+        return binary_plan._bconv_step(op, a).run(x, *([residual] if residual is not None
+                                                         else []))
     packed = bitops.pack_signs(x, groups)
     return bitops.binary_conv(packed, bits, neg, a[op["scale"]], a[op["shift"]], c // groups,
                               tuple(op["stride"]), tuple(op["padding"]),
@@ -295,20 +300,47 @@ class BinaryModel:
             raise _invalid(path, e) from None
         self._prefix = _float_prefix(self.ops, self.arrays, self.output, threads or cpu_count(),
                                      self._run, self.input_shape)
+        from . import binary_plan
 
-    _prefix = None
+        count = self._prefix[1] if self._prefix is not None else 0
+        self._steps = binary_plan.build(self.ops[count:], self.arrays, self.output,
+                                        lambda op, a, *xs: RUN[op["op"]](op, a, *xs))
+        self._step_free = binary_plan.free_lists(self._steps)
+        # the fused steps against the ops they replace on a random input (the BLAS 1x1 convs
+        # round otherwise than the direct conv): any disagreement keeps the plain ops
+        x = np.random.default_rng(1).standard_normal((1,) + self.input_shape[1:])
+        want = self._run(x.astype(np.float32), fused=False)
+        try:
+            got = self._run(x.astype(np.float32))
+        except _RUN_ERRORS as e:
+            got = e
+        if not isinstance(got, np.ndarray) or got.shape != want.shape or \
+                np.abs(got - want).max() > 1e-4 * max(np.abs(want).max(), 1e-30):
+            log.debug("fused steps disagree: running the plain ops")
+            self._steps = None
 
-    def _run(self, x):
+    _prefix = _steps = None
+
+    def _start(self, x):
+        """``(values, ops done)`` after the float stem."""
         if self._prefix is None:
-            return execute(self.ops, self.arrays, self.output, x, self._free)
+            return {0: np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 2, 3, 1))}, 0
         session, count, end, needs_input = self._prefix
         x = np.ascontiguousarray(x, np.float32)
         y = session.run(None, {"x": x})[0]
         values = {end: np.ascontiguousarray(y.transpose(0, 2, 3, 1))}
         if needs_input:
             values[0] = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        return execute(self.ops[count:], self.arrays, self.output, None,
-                       self._free[count:], values)
+        return values, count
+
+    def _run(self, x, fused=True):
+        from . import binary_plan
+
+        values, count = self._start(x)
+        if self._steps is None or not fused:
+            return execute(self.ops[count:], self.arrays, self.output, None,
+                           self._free[count:], values)
+        return binary_plan.execute(self._steps, self._step_free, values, self.output)
 
     def __call__(self, batch):
         from .modelfile import checked_batch as _checked_batch

@@ -125,12 +125,13 @@ def _pack(x, groups, per_group, words, out):
         for g in range(groups):
             base = g * per_group
             for k in range(words):
+                # a view indexed from 0, branch-free: LLVM vectorizes the loop (numba's
+                # negative-index fix-up of base + j would keep it scalar)
+                lo = base + k * 64
+                xs = x[p, lo:base + min(k * 64 + 64, per_group)]
                 word = np.uint64(0)
-                lo = k * 64
-                hi = min(lo + 64, per_group)
-                for j in range(lo, hi):
-                    if not x[p, base + j] >= 0:
-                        word |= np.uint64(1) << np.uint64(j - lo)
+                for j in range(xs.shape[0]):
+                    word |= np.uint64(not xs[j] >= 0) << np.uint64(j)
                 out[p, g, k] = word
 
 
