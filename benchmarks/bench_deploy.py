@@ -16,7 +16,11 @@ as tools/export.py writes it by default (portable graph with fused conv/bias/ReL
 algorithm cache recorded at export) opened as tools/infer.py opens it, the same without the
 cache, with Lite's weight preprocessing, with the x86 NCHW88 layout (--options nchw88+fuse; the
 row says when this CPU cannot run it and the export fell back), the dump without fusion, and
-the .onnx through deploy.runtime (ONNX Runtime of .venv, what tools/infer.py runs for a .onnx).
+the .onnx through deploy.runtime (ONNX Runtime of .venv, what tools/infer.py runs for a .onnx);
+int8: the same weights as a PTQ int8 QDQ .onnx (quant/onnx_int8.py, calibrated on the benchmark's
+input) run as tools/infer.py runs it (the runtime deploy/route.py measures and picks at first use;
+its line is printed) and through each runtime forced, each also given as a ratio to OpenVINO's
+default on the float .onnx ("openvino-default", the peer a user gets without settings).
 
 Timing: every measurement is a fresh process (benchmarks/torch_bench_worker.py or
 benchmarks/mge_bench_worker.py) that loads the model, runs --warmup untimed passes and --runs timed
@@ -74,12 +78,16 @@ PATHS = {
     "ours-onnx": ("ours: .onnx, deploy.runtime (ONNX Runtime, .venv)", False, "onnx"),
     "ours-bf16": ("ours: .onnx --precision bf16 (OpenVINO bf16, deploy.runtime)", False,
                   "onnx-bf16"),
-    "ours-int8": ("ours: int8 QDQ .onnx, PTQ (ONNX Runtime; VNNI where the CPU has it)", False,
+    "ours-int8": ("ours: int8 QDQ .onnx, PTQ, tools/infer.py's runtime choice", False,
                   "int8"),
+    "ours-int8-ort": ("ours: int8 QDQ .onnx, PTQ, --runtime onnxruntime", False,
+                      "int8:onnxruntime"),
+    "ours-int8-ov": ("ours: int8 QDQ .onnx, PTQ, --runtime openvino", False, "int8:openvino"),
 }
 # Reduced precision: not float32 rounding, so their logits are reported, not held to TOLERANCE,
 # and they are not "the best peer" the float paths are compared with.
-REDUCED = {"openvino-default", "ours-bf16", "ours-int8"}
+REDUCED = {"openvino-default", "ours-bf16", "ours-int8", "ours-int8-ort", "ours-int8-ov"}
+INT8 = {"ours-int8", "ours-int8-ort", "ours-int8-ov"}
 QUICK = dict(arch=["RepVGG-A0"], batch=[1], size=32, rounds=1, warmup=0, runs=2,
              paths=["eager", "onnxruntime", "openvino", "mge", "ours-onnx"])
 
@@ -117,6 +125,7 @@ class Row:
         self.key = key
         self.name, self.peer, self.how = PATHS[key]
         self.ips, self.startup, self.error, self.diff = [], [], None, None
+        self.route = None  # the runtime line of an int8 row
 
 
 def run_path(row, arch, batch, files, folder, args, logits):
@@ -127,11 +136,18 @@ def run_path(row, arch, batch, files, folder, args, logits):
         reply = call(TORCH_PYTHON, TORCH_WORKER, ["run", "--mode", row.how, "--arch", arch,
                                                   "--weights", files["pth"], "--onnx",
                                                   files["onnx"]] + common, args.timeout)
-    elif row.how in ("onnx", "onnx-bf16", "int8"):
-        model = files["int8" if row.how == "int8" else "onnx"]
-        precision = ["--precision", "bf16"] if row.how == "onnx-bf16" else []
-        reply = call(MGE_PYTHON, MGE_WORKER, ["run", "--model", model] + common + precision,
+    elif row.key in INT8:
+        # the choice as tools/infer.py makes it (measured at first use: the first round's
+        # load time includes the measurement), or the runtime forced
+        _, _, forced = row.how.partition(":")
+        how = ["--runtime", forced] if forced else ["--measure"]
+        reply = call(MGE_PYTHON, MGE_WORKER, ["run", "--model", files["int8"]] + common + how,
                      args.timeout)
+        row.route = reply.get("route")
+    elif row.how in ("onnx", "onnx-bf16"):
+        precision = ["--precision", "bf16"] if row.how == "onnx-bf16" else []
+        reply = call(MGE_PYTHON, MGE_WORKER, ["run", "--model", files["onnx"]] + common
+                     + precision, args.timeout)
     else:
         _, variant, flags = row.how
         reply = call(MGE_PYTHON, MGE_WORKER, ["run", "--model", files["%d/%s" % (batch, variant)]]
@@ -172,7 +188,7 @@ def bench_arch(arch, args, folder):
         np.save(x_files[-1], sample_input(rng, (batch, 3, args.size, args.size)))
     variants = sorted({PATHS[k][2][1] for k in args.paths
                        if isinstance(PATHS[k][2], tuple)})
-    int8 = ["--int8"] if "ours-int8" in args.paths else []
+    int8 = ["--int8"] if INT8 & set(args.paths) else []
     prepared = call(MGE_PYTHON, MGE_WORKER, [
         "prepare", "--weights", files["pth"], "--arch", arch, "--folder", folder, "--threads",
         args.threads, "--input"] + x_files + int8 + ["--variant"] + variants, args.timeout)
@@ -219,6 +235,12 @@ def format_rows(arch, batch, rows):
             arch, batch, r.name, median(r), min(r.ips), max(r.ips),
             "%.2fx" % (median(r) / best) if best else "-", r.diff,
             statistics.median(r.startup)))
+    default = next((r for r in rows if r.key == "openvino-default" and r.error is None), None)
+    for r in rows:
+        if r.key in INT8 and r.error is None:
+            lines.append("| %s | %d | %s vs OpenVINO's default | %.2fx |%s| | | |" % (
+                arch, batch, r.name, median(r) / median(default) if default else float("nan"),
+                " %s " % r.route.replace("|", "/") if r.route and r.key == "ours-int8" else " "))
     return lines
 
 

@@ -9,9 +9,11 @@ process, started fresh by the benchmark:
         {"files": {"<batch>/<variant>": path, "onnx": path}, "used": {"<batch>/<variant>":
         the options in effect (a CPU-specific layout falls back where this CPU cannot run it)}}
     run --model FILE --input x.npy --logits out.npy --threads T --warmup W --runs R
-        [--weight-preprocess] [--precision bf16]
-        open FILE exactly as tools/infer.py does (deploy.runtime.open_model), run ``x`` once
-        (logits written), warm up, time; prints {"seconds": median, "load_s", "first_s"}
+        [--weight-preprocess] [--precision bf16] [--runtime R | --measure]
+        open FILE exactly as tools/infer.py does (deploy.runtime.open_model; a .onnx on the
+        runtime deploy/route.py picks, measured at first use with --measure, or R), run ``x``
+        once (logits written), warm up, time; prints {"seconds": median, "load_s", "first_s",
+        "route": the runtime line of a .onnx}
 """
 import argparse
 import json
@@ -64,11 +66,16 @@ def run(args):
     from deploy.runtime import open_model
 
     lite = {"weight_preprocess": True} if args.weight_preprocess else {}
+    if args.runtime or args.measure:
+        lite.update(runtime=args.runtime, measure=args.measure)
+    route = []
 
     def opened(x):
-        model = open_model(args.model, threads=args.threads, precision=args.precision, **lite)
+        model = open_model(args.model, threads=args.threads, precision=args.precision,
+                           batch=len(x), **lite)
+        route.extend([model.route.line()] if getattr(model, "route", None) else [])
         return lambda: model(x)
-    return time_run(args, opened)
+    return dict(time_run(args, opened), route=route[0] if route else None)
 
 
 def parse_args(argv):
@@ -87,6 +94,9 @@ def parse_args(argv):
     add_run_args(r)
     r.add_argument("--weight-preprocess", action="store_true")
     r.add_argument("--precision", default="fp32")
+    r.add_argument("--runtime", help="force the runtime of a .onnx (onnxruntime, openvino)")
+    r.add_argument("--measure", action="store_true",
+                   help="a .onnx: measure both runtimes at first use, as tools/infer.py does")
     return p.parse_args(argv)
 
 

@@ -101,6 +101,9 @@ def test_qdq_onnx_runs_in_onnxruntime(ckpt, tmp_path):
     int8_logits = open_model(str(out), 1)(x)
     mine = metrics.agreement(float_logits(ckpt, x), int8_logits)
     assert abs(mine.sqnr_db - json.loads(report.read_text())["sqnr_db"]) < 0.1
+    from deploy import route  # checked through the route tools/infer.py takes for it
+    picked = route.NAMES[route.rule("int8", route.cpu_flags())[0]]
+    assert json.loads(report.read_text())["route"] == picked + ", rule"
     assert 0 < mine.sqnr_db < 60
 
 
@@ -210,4 +213,14 @@ def test_eval_labels_an_int8_file_int8(ckpt, tmp_path):
     assert run_tool("tools/quantize.py", ckpt, "-o", out, *FAST).returncode == 0
     proc = run_tool("tools/eval.py", ckpt, "--exported", out, "--limit", 20, "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
-    assert "%s (RepVGG-A0, int8, PTQ)" % out in proc.stdout and "fp32" not in proc.stdout
+    # the route is named: the rule's runtime for this small model, on any CPU
+    from deploy import route
+
+    picked = route.NAMES[route.rule("int8", route.cpu_flags())[0]]
+    assert "%s (RepVGG-A0, int8, PTQ, %s (rule))" % (out, picked) in proc.stdout
+    assert "fp32" not in proc.stdout
+    for runtime in route.RUNTIMES:  # each route forced, each scored through itself
+        proc = run_tool("tools/eval.py", ckpt, "--exported", out, "--limit", 20, "--device",
+                        "cpu", "--runtime", runtime)
+        assert proc.returncode == 0, proc.stderr
+        assert "(RepVGG-A0, int8, PTQ, %s (forced))" % route.NAMES[runtime] in proc.stdout
