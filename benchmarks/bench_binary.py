@@ -178,6 +178,126 @@ def worker(args):
     return 0
 
 
+# -- the profile (--profile; children) -------------------------------------------------------
+def _median_ms(fn, warmup, runs):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def profile_packed(args):
+    """Per step of the opened .bnn: median ms (a binary conv's packing and kernel apart), and
+    the shapes of its 3x3 binary convs for the float comparison."""
+    from deploy.binary_runtime import BinaryModel
+
+    files = json.loads(args.files)
+    model = BinaryModel(files["bnn"], threads=args.threads)
+    if model._steps is None or model._prefix is None:
+        raise UserError("the packed model runs without its fused steps or ONNX Runtime stem")
+    x = np.random.default_rng(args.seed).standard_normal(
+        (args.batch[0], 3, args.size, args.size)).astype(np.float32)
+    rows = [("float conv (stem, ONNX Runtime)", "stem", _median_ms(
+        lambda: model._start(x), args.warmup, args.runs))]
+    values, _ = model._start(x)
+    shapes = []
+    for step, done in zip(model._steps, model._step_free):
+        xs = [values[v] for v in step.inputs]
+        if step.parts:
+            pack, kernel = step.parts
+            packed = pack(xs)
+            rows.append(("packing (+ BN in)", step.label, _median_ms(
+                lambda: pack(xs), args.warmup, args.runs)))
+            rows.append(("binary conv 3x3", step.label, _median_ms(
+                lambda: kernel(packed, xs), args.warmup, args.runs)))
+            shapes.append([step.label, list(xs[0].shape), int(step.run(*xs).shape[-1]),
+                           int(step.label.split(" s")[1].split()[0]), rows[-1][2]])
+        else:
+            rows.append((step.kind, step.label, _median_ms(lambda: step.run(*xs), args.warmup,
+                                                           args.runs)))
+        values[step.out] = step.run(*xs)
+        for v in done:
+            if v != model.output:
+                del values[v]
+    total = _median_ms(lambda: model(x), args.warmup, args.runs)
+    print(json.dumps({"rows": rows, "convs": shapes, "total": total}))
+    return 0
+
+
+def profile_float(args):
+    """ONNX Runtime's time for a float 3x3 conv (pad 1) of each shape given."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    out = []
+    rng = np.random.default_rng(0)
+    for label, (n, h, w, c), o, stride, _ in json.loads(args.files):
+        weight = numpy_helper.from_array(rng.standard_normal((o, c, 3, 3)).astype(np.float32),
+                                         "w")
+        bias = numpy_helper.from_array(np.zeros(o, np.float32), "b")
+        graph = helper.make_graph(
+            [helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[3, 3],
+                              pads=[1, 1, 1, 1], strides=[stride, stride])], "conv",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, c, h, w])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight, bias])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(model.SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+        x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+        out.append(_median_ms(lambda: session.run(None, {"x": x}), args.warmup, args.runs))
+    print(json.dumps(out))
+    return 0
+
+
+def run_profile(name, args, scratch):
+    """Where a packed network's time goes, per op kind and per layer, and each 3x3 binary conv
+    against the same-shape float conv under ONNX Runtime (its own process)."""
+    files, _ = prepare_model(name, args.size, os.path.join(scratch, name),
+                             dict_args(args, paths=["packed"]))
+    for batch in args.batch:
+        cmd = [HERE, "--profile-worker", "packed", "--files", json.dumps(files), "--size",
+               args.size, "--batch", batch, "--threads", args.threads, "--runs", args.runs,
+               "--warmup", args.warmup]
+        said = json.loads(child(cmd, args.deadline, "profile (batch %d)" % batch)
+                          .strip().splitlines()[-1])
+        cmd[2], cmd[4] = "float", json.dumps(said["convs"])
+        floats = json.loads(child(cmd, args.deadline, "float convs (batch %d)" % batch)
+                            .strip().splitlines()[-1])
+        rows, total = said["rows"], said["total"]
+        summed = sum(r[2] for r in rows)
+        print("\n### %s (%dx%d), batch %d, %d threads: %.2f ms per batch (the steps timed "
+              "one by one sum to %.2f ms)" % (name, args.size, args.size, batch, args.threads,
+                                              total, summed))
+        kinds = {}
+        for kind, _, ms in rows:
+            kinds[kind] = kinds.get(kind, 0.0) + ms
+        print("\n| op kind | ms | share |\n| --- | ---: | ---: |")
+        for kind, ms in sorted(kinds.items(), key=lambda kv: -kv[1]):
+            print("| %s | %.3f | %.0f %% |" % (kind, ms, 100 * ms / summed))
+        binary = kinds.get("binary conv 3x3", 0.0) + kinds.get("binary conv (other)", 0.0)
+        floaty = kinds.get("float conv (stem, ONNX Runtime)", 0.0) + kinds.get("float conv", 0.0)
+        print("\nshares: binary convs %.0f %%, float layers (stem, shortcuts) %.0f %%, glue "
+              "(packing, BN, adds, pools, concat, head) %.0f %%" % (
+                  100 * binary / summed, 100 * floaty / summed,
+                  100 * (summed - binary - floaty) / summed))
+        print("\n| layer | kind | ms |\n| --- | --- | ---: |")
+        for kind, label, ms in rows:
+            print("| %s | %s | %.3f |" % (label, kind, ms))
+        print("\n| binary 3x3 conv (input NHWC) | packed kernel ms | float 3x3 conv, ONNX "
+              "Runtime ms | float / binary |\n| --- | ---: | ---: | ---: |")
+        for (label, shape, o, stride, ms), fms in zip(said["convs"], floats):
+            print("| %s %s | %.3f | %.3f | %.1fx |" % (label, "x".join(map(str, shape)), ms,
+                                                       fms, fms / ms))
+
+
 # -- the parent -------------------------------------------------------------------------------
 def child(cmd, deadline, what):
     proc = children.run([sys.executable, *map(str, cmd)], deadline, what, check=True,
@@ -326,6 +446,11 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true",
                    help="64x64, batch 1, one round of 3 runs: a smoke run")
     p.add_argument("--keep", metavar="DIR", help="write the files here and keep them")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of the table: where the packed path's time goes, per op kind "
+                   "and layer, and each 3x3 binary conv against the same-shape float conv "
+                   "under ONNX Runtime")
+    p.add_argument("--profile-worker", choices=["packed", "float"], help=argparse.SUPPRESS)
     # internal: the child processes
     p.add_argument("--worker", choices=list(PATHS), help=argparse.SUPPRESS)
     p.add_argument("--prepare", choices=MODELS, help=argparse.SUPPRESS)
@@ -345,6 +470,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         return worker(args)
+    if args.profile_worker:
+        return (profile_packed if args.profile_worker == "packed" else profile_float)(args)
     if args.prepare:
         print(json.dumps(prepare(args.prepare, args.size, args.dir)))
         return 0
@@ -359,6 +486,10 @@ def main(argv=None):
     start = time.time()
     scratch = args.keep or tempfile.mkdtemp(prefix="bench_binary.")
     try:
+        if args.profile:
+            for name in [m for m in args.models if m != "searched"]:
+                run_profile(name, args, scratch)
+            return 0
         results = [run_model(name, args, scratch) for name in args.models]
     finally:
         if not args.keep:
