@@ -24,7 +24,8 @@ weights, peak activations, MACs and batch that walk gives against ``common.limit
 any array is read or any kernel compiled. Only then are the arrays read and the model run once
 on zeros at its input size. Anything refused is one ``ModelFileError`` line. Never imports
 ``model`` or MegEngine. The float stem may run as one ONNX Runtime session (``_float_prefix``),
-checked against the numba ops when the file is opened.
+checked against the numba ops when the file is opened; the rest runs as the fused steps of
+``deploy/binary_plan.py`` (3x3 binary convs in ``deploy/bnn_kernels.py``), checked likewise.
 """
 import json
 import logging
