@@ -160,12 +160,13 @@ class OpenVinoModel:
         self.path, self.limits = path, limits or Limits()
         if checked is None:
             checked = onnx_check.check_file(path, self.limits)  # as OnnxModel: before OpenVINO
-        try:
-            core = ov.Core()
-            compiled = core.compile_model(core.read_model(checked.data), "CPU", {
-                "INFERENCE_NUM_THREADS": threads or cpu_count(),
-                "PERFORMANCE_HINT": "LATENCY",
-                "INFERENCE_PRECISION_HINT": self.HINTS[precision]})
+        try:  # compiling looks for CUDA again (a "debug:" line in a MegEngine process)
+            with _stderr_quiet_if_megengine():
+                core = ov.Core()
+                compiled = core.compile_model(core.read_model(checked.data), "CPU", {
+                    "INFERENCE_NUM_THREADS": threads or cpu_count(),
+                    "PERFORMANCE_HINT": "LATENCY",
+                    "INFERENCE_PRECISION_HINT": self.HINTS[precision]})
         except Exception as e:  # OpenVINO raises its own types for a file it cannot read
             raise ModelFileError("%s is not a loadable ONNX model (%s)"
                                  % (path, _first_line(e))) from None
@@ -174,13 +175,18 @@ class OpenVinoModel:
         self.budget = {"weights": checked.weights, "activations": checked.activations,
                        "macs": checked.macs}
         self._outputs = checked.output_names
-        self._request = compiled.create_infer_request()
+        with _stderr_quiet_if_megengine():
+            self._request = compiled.create_infer_request()
+        self._first = True
 
     def _infer(self, batch):
         batch = checked_batch(batch, self.input_shape)
         self.limits.check(self.path, batch=batch.shape[0], **self.budget)
+        quiet = _stderr_quiet_if_megengine() if self._first else contextlib.nullcontext()
+        self._first = False
         try:
-            self._request.infer({0: batch})
+            with quiet:  # the first run looks for CUDA once more
+                self._request.infer({0: batch})
         except Exception as e:  # OpenVINO's own types
             raise ModelFileError("%s failed to run in OpenVINO (%s)"
                                  % (self.path, _first_line(e))) from None
