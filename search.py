@@ -15,6 +15,7 @@ import sys
 import time
 
 from common import cli, flags
+from common.cpus import threads_arg
 from common.atomic import OutputPathError, check_output_path
 from common.device import use_device
 from common.runlock import RunLock
@@ -32,6 +33,7 @@ def _formatter(prog):
 
 
 POSITIVE, COUNT = cli.integer(min=1), cli.integer(min=0)
+RUNTIMES = ("onnx", "mge", "bnn", "eager")  # search/runtime_timing.py (not imported for --help)
 
 
 def refuse_changes_on_resume(config_class, args, allowed=(), what="the run"):
@@ -79,18 +81,31 @@ def build_parser():
 
     q = sub.add_parser("lut", formatter_class=_formatter,
                        help="measure the latency lookup table (or --verify one)",
-                       description="Measure every candidate at every layer (eval mode, RepVGG in "
-                                   "deploy form, warm-up then median of timed runs; binary "
-                                   "candidates get the FLOPs + BOPs/64 proxy) and write JSON.")
+                       description="Measure every candidate at every layer in the runtime the "
+                                   "derived network ships in (each entry: the layer's context "
+                                   "network with the candidate minus without, both exported "
+                                   "files timed in a child process; RepVGG in deploy form; "
+                                   "binary candidates in the .bnn runtime) and write JSON.")
     add_space_args(q)
     add_classes_arg(q)
     add_device_arg(q)
+    q.add_argument("--runtime", choices=RUNTIMES, default=None,
+                   help="where to measure: onnx (ONNX Runtime; the default for float spaces), "
+                        "mge (MegEngine Lite), bnn (packed binary runtime; the default for "
+                        "spaces with binary candidates), eager (MegEngine eager, --device)")
+    q.add_argument("--threads", type=threads_arg, default=None,
+                   help="runtime threads (default: 1 for onnx and mge, all CPU cores for bnn); "
+                        "recorded in the table: deploy with the same count")
+    q.add_argument("--proxy", action="store_true",
+                   help="give binary candidates the FLOPs + BOPs/64 cost proxy instead of a "
+                        "measurement (onnx, mge, eager)")
     q.add_argument("--batch", type=POSITIVE, default=1, help="batch size of the timed inputs")
     q.add_argument("--warmup", type=COUNT, default=10, help="untimed runs per entry first")
-    q.add_argument("--runs", type=POSITIVE, default=30, help="timed runs per entry (median taken)")
+    q.add_argument("--runs", type=POSITIVE, default=30,
+                   help="timed runs (rounds) per entry (median taken)")
     q.add_argument("--inner", type=POSITIVE, default=10,
-                   help="calls per timed run before one wait for the result (the run's time "
-                        "is divided by it)")
+                   help="eager: calls per timed run before one wait for the result (the "
+                        "run's time is divided by it)")
     q.add_argument("--out", default="runs/search/lut.json", help="where to write the table")
     q.add_argument("--verify", metavar="LUT", default=None,
                    help="instead of measuring, check that LUT fits --space/--candidates")
@@ -112,7 +127,8 @@ def build_parser():
                         "space's --image-size (default: the built-in digits; a resumed run "
                         "keeps its own)")
     q.add_argument("--lut", default=None,
-                   help="latency table from 'search.py lut' (needed unless --resume)")
+                   help="latency table from 'search.py lut' (needed unless --resume; with "
+                        "--resume it must be the run's own table)")
     q.add_argument("--out", default="runs/search", help="run folder (checkpoints, log)")
     q.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest.pkl, exactly (its space, "
@@ -203,25 +219,37 @@ def space_from_args(args):
 
 def cmd_lut(args):
     from common.progress import progress as progress_display
-    from search.latency import load_table, measure_table, save_table
+    from search.latency import load_table, measure_runtime_table, measure_table, save_table
+    from search.runtime_timing import RUNTIME_NAMES, check_runtime, default_runtime
 
     space = space_from_args(args)
     if args.verify:
         table = load_table(args.verify, space)
-        print("%s fits space %s (hash %s): %d layers x %d candidates, unit %s, device %s"
-              % (args.verify, space.name, space.hash, *table.latency.shape, table.unit,
-                 table.meta["device"]))
+        if args.runtime:
+            table.check_runtime(args.runtime, args.verify)
+        m = table.meta
+        print("%s fits space %s (hash %s): %d layers x %d candidates, unit %s, measured in %s"
+              "%s on %s" % (args.verify, space.name, space.hash, *table.latency.shape,
+                            table.unit, RUNTIME_NAMES.get(table.runtime, table.runtime),
+                            " (%s threads)" % m["threads"] if m.get("threads") else "",
+                            m.get("cpu") or m.get("device") or "an unrecorded CPU"))
         return 0
+    runtime = args.runtime or default_runtime(space)
+    check_runtime(space, runtime, args.proxy)  # before anything is written
     check_output_path(args.out)  # before minutes of measuring
     start = time.perf_counter()
-    table = measure_table(space, args.batch, args.warmup, args.runs, inner=args.inner,
-                          progress=None if args.no_progress
-                          else lambda it: progress_display(it, desc="latency table",
-                                                           unit="entry"))
+    progress = None if args.no_progress else progress_display
+    if runtime == "eager":
+        table = measure_table(space, args.batch, args.warmup, args.runs, inner=args.inner,
+                              progress=progress)
+    else:
+        table = measure_runtime_table(space, runtime, args.threads, args.batch, args.warmup,
+                                      args.runs, proxy=args.proxy, progress=progress)
     table.meta["build_seconds"] = time.perf_counter() - start
     save_table(table, args.out)
-    print("wrote %s: %d layers x %d candidates (%s) in %.1f s"
-          % (args.out, *table.latency.shape, table.unit, table.meta["build_seconds"]))
+    print("wrote %s: %d layers x %d candidates (%s, %s) in %.1f s"
+          % (args.out, *table.latency.shape, table.unit, RUNTIME_NAMES[runtime],
+             table.meta["build_seconds"]))
     return 0
 
 
@@ -229,6 +257,22 @@ def load_digits_for(space):
     from search.data import load_search_data
 
     return load_search_data(space)
+
+
+def refuse_other_table(path, run_table, space, latest):
+    """A resumed run keeps its table: ``UserError`` unless ``--lut`` is that table (measured
+    in the same runtime, with the same entries)."""
+    from search.latency import LatencyTable, load_table
+
+    given, own = load_table(path, space), LatencyTable.from_dict(run_table, what=latest)
+    given.check_runtime(own.runtime, "--lut %s" % path,
+                        "; the run in %s searched with a table from the latter, and a resumed "
+                        "run keeps its table (start a new search with --lut %s)"
+                        % (os.path.dirname(latest) or ".", path))
+    if given.to_dict()["latency"] != own.to_dict()["latency"] or given.fixed != own.fixed:
+        raise UserError("--lut %s is not the table the run in %s searched with; a resumed run "
+                        "keeps its table (start a new search with --lut %s)"
+                        % (path, os.path.dirname(latest) or ".", path))
 
 
 def cmd_train(args):
@@ -249,6 +293,8 @@ def _train(args):
         refuse_changes_on_resume(SearchConfig, args, allowed=("epochs",))
         state = load_run(latest)
         space, data = from_dict(state["space"]), state.get("data")
+        if args.lut:
+            refuse_other_table(args.lut, state["lut"], space, latest)
         if args.data and os.path.abspath(args.data) != os.path.abspath(data or ""):
             raise UserError("--data cannot change on --resume (the run searched on %s)"
                             % (data or "the built-in digits"))

@@ -1,6 +1,9 @@
 """Reporting on a search run: history, theta distributions, expected latency per layer, a PNG
-chart, and (optionally) the derived network's measured latency next to the table's prediction.
-``report`` returns the lines; printing them is the command line's (search.py show)."""
+chart, and (optionally) the derived network's measured latency next to the table's prediction:
+measured in the table's runtime (exported to its format and timed alone in child processes,
+``runtime_timing.network_times``; an ``eager`` table in MegEngine eager, as it was measured).
+``report`` returns the lines; printing them is the command line's (search.py show).
+``comparison_lines`` is the predicted-vs-measured report shared with benchmarks/bench_search.py."""
 import logging
 
 import numpy as np
@@ -13,6 +16,7 @@ from model.derived import build_from_arch, load_arch_file
 
 from .derive import arch_from_choices
 from .latency import LatencyTable, time_modules
+from .runtime_timing import RUNTIME_NAMES, network_times
 from .space import from_dict
 from .trainer import load_run
 
@@ -121,12 +125,74 @@ def report(state_path, png, measure=False, arch_path=None):
         arch = given or arch_from_choices(space, np.argmax(probs, axis=1), lut)
         choices = arch_choices(arch, space, arch_path or "the argmax architecture")
         predicted = lut.network_latency(choices)
+        lines += measure_lines(lut, [arch], [predicted],
+                               [" ".join(l["op"] for l in arch["layers"])])
+    return lines
+
+
+def measure_archs_in_runtime(archs, lut, rounds=3, progress=None):
+    """Median latencies (us) of ``archs`` in the runtime ``lut`` was measured in, with its
+    thread count, batch, warm-up and runs."""
+    m = lut.meta
+    if lut.runtime == "eager":
+        return measure_archs(archs, lut)
+    return network_times(archs, lut.runtime, m.get("threads"), m.get("batch", 1),
+                         m.get("warmup", 5), m.get("runs", 30), rounds, progress=progress)[0]
+
+
+def measure_lines(lut, archs, predicted, names, rounds=3):
+    """Measure ``archs`` where ``lut`` was measured and compare them with ``predicted``."""
+    from common.cpus import cpu_name
+
+    lines = []
+    if lut.runtime == "eager":
         device = str(mge.get_default_device())
-        if device != lut.meta["device"]:
+        if device != lut.meta.get("device"):
             lines.append("warning: measuring on %s, the table was measured on %s"
-                  % (device, lut.meta["device"]))
-        measured = measure_archs([arch], lut)[0]
-        lines.append(format_measure(" ".join(l["op"] for l in arch["layers"]), predicted, measured))
+                         % (device, lut.meta.get("device")))
+    elif lut.meta.get("cpu") not in (None, cpu_name()):
+        lines.append("warning: measuring on %s, the table was measured on %s"
+                     % (cpu_name(), lut.meta["cpu"]))
+    measured = measure_archs_in_runtime(archs, lut, rounds)
+    lines.append("measured in %s, %s threads" % (RUNTIME_NAMES.get(lut.runtime, lut.runtime),
+                                                 lut.meta.get("threads")))
+    return lines + comparison_lines(names, predicted, measured)
+
+
+def kendall_tau(a, b):
+    """Kendall's tau-b of two sequences (ties counted neither way)."""
+    concordant = discordant = ties_a = ties_b = 0
+    n = len(a)
+    for i in range(n):
+        for j in range(i + 1, n):
+            da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+            if da == 0 and db == 0:
+                continue
+            if da == 0:
+                ties_a += 1
+            elif db == 0:
+                ties_b += 1
+            elif da == db:
+                concordant += 1
+            else:
+                discordant += 1
+    pairs = concordant + discordant
+    denom = np.sqrt((pairs + ties_a) * (pairs + ties_b))
+    return float((concordant - discordant) / denom) if denom else float("nan")
+
+
+def comparison_lines(names, predicted, measured):
+    """The predicted-vs-measured table, ``median |measured/predicted - 1|: X %`` and, for two
+    networks or more, ``Kendall tau (predicted vs measured): Y``."""
+    lines = ["| network | predicted us | measured us | measured / predicted |",
+             "| --- | ---: | ---: | ---: |"]
+    for name, p, m in zip(names, predicted, measured):
+        lines.append("| %s | %.1f | %.1f | %.3f |" % (name, p, m, m / p))
+    errors = [abs(m / p - 1) for p, m in zip(predicted, measured)]
+    lines.append("median |measured/predicted - 1|: %.1f %%" % (100 * float(np.median(errors))))
+    if len(predicted) > 1:
+        lines.append("Kendall tau (predicted vs measured): %.2f"
+                     % kendall_tau(list(predicted), list(measured)))
     return lines
 
 
