@@ -22,9 +22,13 @@ from . import bnn_kernels as bk
 
 
 class Step:
-    def __init__(self, kind, label, inputs, out, run, parts=None):
+    def __init__(self, kind, label, inputs, out, run, parts=None, reuse=None):
         self.kind, self.label, self.inputs, self.out, self.run = kind, label, inputs, out, run
         self.parts = parts  # for a binary conv: (pack(xs) -> packed, kernel(packed, xs) -> y)
+        # the input (an index into ``inputs``) whose array ``run(*xs, out=array)`` may write
+        # its output into when nothing reads it later: the step reads it at each output
+        # element's own index only
+        self.reuse = reuse
 
 
 KINDS = {"conv": "float conv", "affine": "BN / scale-shift", "relu": "ReLU", "add": "add",
@@ -78,21 +82,26 @@ def _bconv_step(op, arrays, pre=None, post=None):
         packed = bk.pack_padded(x, groups, top, left, hp, wp, pre_s, pre_b)
         return packed, x.shape[1], x.shape[2], geo[:6]
 
-    def kernel(packed, xs):
+    def kernel(packed, xs, out=None):
         packed, h, w, geo = packed
         _, res, add = split(xs)
+        if out is not None and out.shape != (packed.shape[0],) + geo[:2] + (groups * og,):
+            out = None
         return bk.run_packed(packed, h, w, groups, wflat, corr, pad_bits, per_group, og, scale,
                              shift, geo, stride, dilation, op["relu"], res,
-                             pre_s if res_affine else None, pre_b if res_affine else None, add)
+                             pre_s if res_affine else None, pre_b if res_affine else None, add,
+                             out)
 
-    def run(*xs):
-        return kernel(pack(xs), xs)
+    def run(*xs, out=None):
+        return kernel(pack(xs), xs, out)
 
     label = "bconv 3x3 s%d %d->%d%s%s%s" % (stride[0], op["channels"], groups * og,
                                             " shifted" if op["offset"] else "",
                                             " +BN in" if pre is not None else "",
                                             " +add" if post is not None else "")
-    return Step("binary conv 3x3", label, inputs, op["out"], run, (pack, kernel))
+    # the residual, else the added value, is read at each output pixel's own index
+    reuse = 1 if res_v is not None else (len(inputs) - 1 if post is not None else None)
+    return Step("binary conv 3x3", label, inputs, op["out"], run, (pack, kernel), reuse)
 
 
 def _matmul_step(op, arrays):
@@ -177,9 +186,27 @@ def free_lists(steps):
     return [sorted({v for v in s.inputs if last[v] == i}) for i, s in enumerate(steps)]
 
 
+def _reusable(step, done, values, output):
+    """The array of ``step``'s reusable input where it may take the step's output: read for
+    the last time, ours (never value 0, the caller's input), owning its memory, and sharing it
+    with no other live value."""
+    if step.reuse is None:
+        return None
+    v = step.inputs[step.reuse]
+    a = values[v]
+    if v not in done or v in (0, output) or a.base is not None or not a.flags.writeable \
+            or not a.flags.c_contiguous or a.dtype != np.float32:
+        return None
+    if any(u != v and np.may_share_memory(a, b) for u, b in values.items()):
+        return None
+    return a
+
+
 def execute(steps, free, values, output):
     for step, done in zip(steps, free):
-        y = step.run(*[values[v] for v in step.inputs])
+        xs = [values[v] for v in step.inputs]
+        buf = _reusable(step, done, values, output)
+        y = step.run(*xs) if buf is None else step.run(*xs, out=buf)
         for v in done:
             if v != output:
                 del values[v]

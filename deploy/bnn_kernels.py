@@ -114,14 +114,19 @@ def _bconv3x3(xp, w, corr, scale, shift, res, rs, rb, post, out, in_h, in_w, hp,
     s_n = hp * s_h
     full = 9 * per_group
     accs = np.empty((n_batch * out_h, 2, og), np.int64)
+    tmps = np.empty((n_batch * out_h, og), np.float32)
     for task in prange(n_batch * out_h):
         n = task // out_h
         oh = task - n * out_h
-        acc0, acc1 = accs[task, 0], accs[task, 1]
+        acc0, acc1, tmp = accs[task, 0], accs[task, 1], tmps[task]
         r0 = oh * sh  # stored row of tap 0 (the buffer's top border is the conv's padding)
         rows_ok = ((top <= r0 < top + in_h), (top <= r0 + dh < top + in_h),
                    (top <= r0 + 2 * dh < top + in_h))
+        row_in = rows_ok[0] and rows_ok[1] and rows_ok[2]
         for g in range(groups):
+            lo = g * og
+            sc, sf = scale[lo:lo + og], shift[lo:lo + og]
+            rsg, rbg = rs[lo:lo + og], rb[lo:lo + og]
             for ow0 in range(0, out_w, 2):
                 pair = ow0 + 1 < out_w
                 c0 = ow0 * sw
@@ -160,31 +165,41 @@ def _bconv3x3(xp, w, corr, scale, shift, res, rs, rb, post, out, in_h, in_w, hp,
                     ow = ow0 + b
                     cb = c0 + b * sw
                     bits = full
-                    for i in range(3):
-                        for j in range(3):
-                            col = cb + j * dw
-                            if not (rows_ok[i] and left <= col < left + in_w):
-                                bits += pad_bits - per_group
-                                ct = corr[g, 3 * i + j]
-                                for o in range(og):
-                                    acc[o] += ct[o]
-                    lo = g * og
-                    sc, sf = scale[lo:lo + og], shift[lo:lo + og]
-                    dst = out[n, oh, ow, lo:lo + og]
-                    r = res[n, oh, ow, lo:lo + og] if res_mode else res[0, 0, 0, :og]
-                    rsg, rbg = rs[lo:lo + og], rb[lo:lo + og]
-                    pst = post[n, oh, ow, lo:lo + og] if has_post else post[0, 0, 0, :og]
+                    if not (row_in and left <= cb and cb + 2 * dw < left + in_w):
+                        for i in range(3):
+                            for j in range(3):
+                                col = cb + j * dw
+                                if not (rows_ok[i] and left <= col < left + in_w):
+                                    bits += pad_bits - per_group
+                                    ct = corr[g, 3 * i + j]
+                                    for o in range(og):
+                                        acc[o] += ct[o]
+                    # the glue in branch-free passes over the pixel's channels (each one
+                    # vectorized; one loop with the branches inside stays scalar), in the
+                    # order of the float32 operations the unfused ops do, on a scratch row:
+                    # ``out`` may be the residual's or the added value's own array (in place),
+                    # read at this pixel only, before the one write at the end
                     for o in range(og):
-                        v = np.float32(bits - 2 * acc[o]) * sc[o] + sf[o]
-                        if res_mode == 1:
-                            v += r[o]
-                        elif res_mode == 2:
-                            v += r[o] * rsg[o] + rbg[o]
-                        if relu and v < 0:
-                            v = np.float32(0)
-                        if has_post:
-                            v += pst[o]
-                        dst[o] = v
+                        tmp[o] = np.float32(bits - 2 * acc[o]) * sc[o] + sf[o]
+                    if res_mode == 1:
+                        r = res[n, oh, ow, lo:lo + og]
+                        for o in range(og):
+                            tmp[o] += r[o]
+                    elif res_mode == 2:
+                        r = res[n, oh, ow, lo:lo + og]
+                        for o in range(og):
+                            tmp[o] += r[o] * rsg[o] + rbg[o]
+                    if relu:
+                        for o in range(og):
+                            v = tmp[o]
+                            tmp[o] = np.float32(0) if v < 0 else v
+                    if has_post:
+                        pst = post[n, oh, ow, lo:lo + og]
+                        for o in range(og):
+                            tmp[o] += pst[o]
+                    dst = out[n, oh, ow, lo:lo + og]
+                    for o in range(og):
+                        dst[o] = tmp[o]
 
 
 def bconv_geometry(h, w, stride, padding, dilation, offset):
@@ -207,9 +222,10 @@ def bconv_geometry(h, w, stride, padding, dilation, offset):
 
 def bconv3x3(x, groups, wflat, corr, pad_bits, per_group, og, scale, shift, stride, padding,
              dilation, offset, relu=False, residual=None, res_scale=None, res_shift=None,
-             post=None, pre_scale=None, pre_shift=None):
+             post=None, pre_scale=None, pre_shift=None, out=None):
     """A 3x3 binary conv of the NHWC float32 ``x`` (signs of ``x·pre_scale + pre_shift`` where
-    given): NHWC ``count·scale + shift [+ residual (·res_scale + res_shift)]``, ReLU, ``+ post``.
+    given): NHWC ``count·scale + shift [+ residual (·res_scale + res_shift)]``, ReLU, ``+ post``,
+    into ``out`` where given (see ``run_packed``).
     ``wflat``: ``weights_3x3``; ``corr``, ``pad_bits``: ``border_corrections``."""
     n, h, w, c = x.shape
     oh, ow, hp, wp, top, left, cut_h, cut_w = bconv_geometry(h, w, stride, padding, dilation,
@@ -219,16 +235,25 @@ def bconv3x3(x, groups, wflat, corr, pad_bits, per_group, og, scale, shift, stri
     packed = pack_padded(x, groups, top, left, hp, wp, pre_scale, pre_shift)
     return run_packed(packed, x.shape[1], x.shape[2], groups, wflat, corr, pad_bits, per_group,
                       og, scale, shift, (oh, ow, hp, wp, top, left), stride, dilation, relu,
-                      residual, res_scale, res_shift, post)
+                      residual, res_scale, res_shift, post, out)
 
 
 def run_packed(packed, h, w, groups, wflat, corr, pad_bits, per_group, og, scale, shift, geo,
                stride, dilation, relu=False, residual=None, res_scale=None, res_shift=None,
-               post=None):
-    """``bconv3x3`` on an input already packed by ``pack_padded`` at geometry ``geo``."""
+               post=None, out=None):
+    """``bconv3x3`` on an input already packed by ``pack_padded`` at geometry ``geo``, into
+    ``out`` where given (a C-order float32 array of the output's shape, which may be
+    ``residual`` or ``post`` itself: each output element is written after the residual and added
+    elements at its own index are read, and nothing else reads them)."""
     n = packed.shape[0]
     oh, ow, hp, wp, top, left = geo
-    out = np.empty((n, oh, ow, groups * og), np.float32)
+    shape = (n, oh, ow, groups * og)
+    if out is None:
+        out = np.empty(shape, np.float32)
+    elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous \
+            or not out.flags.writeable:
+        raise ValueError("an output buffer of shape %s for an output of shape %s"
+                         % (out.shape, shape))
     dummy = np.zeros((1, 1, 1, og), np.float32)
     for name, a in (("residual", residual), ("add", post)):
         if a is not None and a.shape != out.shape:

@@ -109,6 +109,41 @@ def test_the_fused_glue_is_what_the_ops_compute(res_affine, rng):
     np.testing.assert_array_equal(out, ref)
 
 
+@pytest.mark.parametrize("res_affine", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_output_may_overwrite_the_residual_it_reads(res_affine, threads, rng):
+    # in place: the residual and the added value are the output's own array (a ResNet block's
+    # input, read for the last time), against the same conv into a fresh array and the reference
+    bitops.set_threads(threads)
+    try:
+        geometry = (1, 1, 1, 1, 0)
+        x, signs, scale, shift = case(rng, 3, geometry, 6, 8)
+        signs = rng.random((1, C, C, 3, 3)) < 0.5
+        scale = rng.standard_normal(C).astype(np.float32)
+        shift = rng.standard_normal(C).astype(np.float32)
+        pre = (rng.standard_normal(C).astype(np.float32),
+               rng.standard_normal(C).astype(np.float32))
+        wb, wn = bitops.pack_weight(signs), bitops.negatives_per_tap(signs)
+        corr, pad_bits = bk.border_corrections(wn, C, 0)
+        kwargs = dict(res_scale=pre[0], res_shift=pre[1]) if res_affine else {}
+        args = (1, bk.weights_3x3(wb), corr, pad_bits, C, C, scale, shift, (1, 1), (1, 1),
+                (1, 1), 0, True)
+        fresh = bk.bconv3x3(x, *args, x.copy(), post=x.copy(), pre_scale=pre[0],
+                            pre_shift=pre[1], **kwargs)
+        buf = x.copy()
+        got = bk.bconv3x3(buf, *args, buf, post=buf, pre_scale=pre[0], pre_shift=pre[1],
+                          out=buf, **kwargs)
+        assert got is buf
+        np.testing.assert_array_equal(got, fresh)
+        ref = reference(x, signs, scale, shift, geometry, 0, pre, relu=False)
+        ref = ref + (x * pre[0] + pre[1] if res_affine else x)
+        np.testing.assert_array_equal(got, np.where(ref < 0, np.float32(0), ref) + x)
+        with pytest.raises(ValueError, match="output buffer"):
+            bk.bconv3x3(x, *args, out=np.empty((3, 6, 8, C + 1), np.float32))
+    finally:
+        bitops.set_threads(2)
+
+
 def test_padded_packing_is_the_plain_packing_with_a_zero_border(rng):
     x = rng.standard_normal((2, 5, 4, 136)).astype(np.float32)
     x[0, 0, 0, :3] = [0.0, -0.0, np.nan]
@@ -140,15 +175,33 @@ def test_the_plan_fuses_bn_and_add_and_keeps_the_values(rng):
            {"op": "add", "inputs": [2, 0], "out": 3}]
     from deploy.binary_runtime import RUN, execute
 
-    steps = binary_plan.build(ops, arrays, 3, lambda op, a, *xs: RUN[op["op"]](op, a, *xs))
-    assert [s.label for s in steps] == ["bconv 3x3 s1 136->136 +BN in +add"]
-    for n, threads in ((1, 1), (4, 2)):
-        bitops.set_threads(threads)
-        x = rng.standard_normal((n, 6, 5, C)).astype(np.float32)
-        want = execute(ops, arrays, 3, x.transpose(0, 3, 1, 2))
-        got = binary_plan.execute(steps, binary_plan.free_lists(steps), {0: x}, 3)
-        np.testing.assert_array_equal(got, want)
-    bitops.set_threads(2)
+    # two such blocks: the second writes its output into its input's array (the first
+    # block's output, read there for the last time); the caller's input is never written
+    ops += [dict(op, inputs=[v + 3 if v else 3 for v in op["inputs"]], out=op["out"] + 3)
+            for op in ops]
+    steps = binary_plan.build(ops, arrays, 6, lambda op, a, *xs: RUN[op["op"]](op, a, *xs))
+    assert [s.label for s in steps] == ["bconv 3x3 s1 136->136 +BN in +add"] * 2
+    reused = []
+
+    def spy(*args):
+        reused.append(real(*args))
+        return reused[-1]
+
+    real, binary_plan._reusable = binary_plan._reusable, spy
+    try:
+        for n, threads in ((1, 1), (4, 2)):
+            bitops.set_threads(threads)
+            x = rng.standard_normal((n, 6, 5, C)).astype(np.float32)
+            given = x.copy()
+            want = execute(ops, arrays, 6, x.transpose(0, 3, 1, 2))
+            reused.clear()
+            got = binary_plan.execute(steps, binary_plan.free_lists(steps), {0: x}, 6)
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(x, given)
+            assert reused[0] is None and reused[1] is got
+    finally:
+        binary_plan._reusable = real
+        bitops.set_threads(2)
 
 
 AVX2_CHILD = """
@@ -186,3 +239,17 @@ def test_the_3x3_kernel_compiled_for_an_avx2_only_cpu_counts_the_same(tmp_path):
             ref = reference(x, signs, ones, zeros, (s, 1, 1, 2, off), pad, relu=False)
             np.testing.assert_array_equal(np.array(got[i], np.float32), ref)
             i += 1
+
+
+def test_an_input_array_is_reused_only_when_nothing_else_can_see_it():
+    step = binary_plan.Step("binary conv 3x3", "c", [5, 5], 6, None, reuse=1)
+    a = np.zeros((1, 2, 2, 3), np.float32)
+    assert binary_plan._reusable(step, [5], {5: a}, 9) is a
+    assert binary_plan._reusable(step, [], {5: a}, 9) is None  # read again later
+    assert binary_plan._reusable(step, [5], {5: a}, 5) is None  # the network's output
+    assert binary_plan._reusable(step, [5], {5: a, 7: a[:, :1]}, 9) is None  # a live view
+    assert binary_plan._reusable(step, [5], {5: a[:, :1].copy()[:, :]}, 9) is None  # a view
+    b = np.zeros((1, 2, 2, 3), np.float64)
+    assert binary_plan._reusable(step, [5], {5: b}, 9) is None
+    step0 = binary_plan.Step("binary conv 3x3", "c", [0, 0], 6, None, reuse=1)
+    assert binary_plan._reusable(step0, [0], {0: a}, 9) is None  # the caller's input
