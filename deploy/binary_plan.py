@@ -12,6 +12,9 @@ ops it replaces compute (the same float32 operations in the same order):
   the conv's output loop, after its ReLU, the conv moved to the add's place;
 - a 1x1 float conv without padding runs as one matrix product (NumPy's BLAS) on the NHWC pixels
   instead of the numba direct conv.
+- a 3x3 binary conv whose residual (or added value) is read there for the last time writes
+  its output into that array (``Step.reuse``, ``_reusable``): each output element is written
+  after the elements at its own index are read.
 
 ``Step.kind`` names what the step is for the profile (``benchmarks/bench_binary.py
 --profile``).
